@@ -1,0 +1,2 @@
+//! Thin NIF adapter over `snakepit_core`.
+rustler::init!("Elixir.Snakepit.Native");
