@@ -1,0 +1,1 @@
+"""Adapters shipped with snakepit_bridge (``showcase`` is the default one)."""
