@@ -1,0 +1,218 @@
+//! `Value` ↔ JSON bytes.
+//!
+//! Encoding is hand-written (not `serde::Serialize`) so an unencodable value can be reported with
+//! the path that leads to it, and so integers of any size go out as integer literals.
+//! Decoding goes through `serde_json` with `arbitrary_precision`, so integers that do not fit
+//! `i64` are kept exactly as [`Value::BigInt`].
+
+use std::fmt;
+use std::io::Write;
+
+use super::{SpecialFloat, Value};
+
+/// Key of the one-entry object that carries a non-finite float.
+pub const FLOAT_MARKER_KEY: &str = "__snakepit_float__";
+
+/// A value that cannot be written as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot encode value at {path:?}: {message}")]
+pub struct EncodeError {
+    /// Where the bad value sits, e.g. `"a.b[2]"` (empty for the root).
+    pub path: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// Bytes that are not valid JSON.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid JSON: {0}")]
+pub struct DecodeError(pub String);
+
+/// One step of an error path, collected while the recursion unwinds.
+enum Segment<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+struct Failure<'a> {
+    /// Innermost segment first.
+    segments: Vec<Segment<'a>>,
+    message: String,
+}
+
+/// Renders a path from its root prefix and its segments (given innermost first).
+fn join_path(prefix: &str, segments_inner_first: &[Segment<'_>]) -> String {
+    let mut path = String::from(prefix);
+    for seg in segments_inner_first.iter().rev() {
+        match seg {
+            Segment::Key(k) => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+            }
+            Segment::Index(i) => {
+                path.push('[');
+                path.push_str(&i.to_string());
+                path.push(']');
+            }
+        }
+    }
+    path
+}
+
+/// Encodes `value` as compact JSON.
+///
+/// Non-finite floats become `{"__snakepit_float__": "nan"|"inf"|"-inf"}`; [`Value::Bytes`] is an
+/// error naming its path (relative to `value`, e.g. `"b[2]"`).
+pub fn encode_json(value: &Value) -> Result<Vec<u8>, EncodeError> {
+    encode_json_at(value, "")
+}
+
+/// Like [`encode_json`], with error paths prefixed by `root` (the parameter name).
+pub fn encode_json_at(value: &Value, root: &str) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::with_capacity(64);
+    write_value(&mut out, value).map_err(|f| EncodeError {
+        path: join_path(root, &f.segments),
+        message: f.message,
+    })?;
+    Ok(out)
+}
+
+fn write_value<'a>(out: &mut Vec<u8>, value: &'a Value) -> Result<(), Failure<'a>> {
+    match value {
+        Value::Nil => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Int(i) => write_display(out, i),
+        Value::BigInt(digits) => {
+            if !is_integer_literal(digits) {
+                return Err(fail(format!("malformed big integer {digits:?}")));
+            }
+            out.extend_from_slice(digits.as_bytes());
+        }
+        Value::Float(f) => match SpecialFloat::classify(*f) {
+            Some(s) => write_marker(out, s),
+            None => write_float(out, *f),
+        },
+        Value::SpecialFloat(s) => write_marker(out, *s),
+        Value::Str(s) => write_str(out, s),
+        Value::Bytes(_) => {
+            return Err(fail(
+                "raw bytes cannot be encoded as JSON (pass them with binary_parameters)".into(),
+            ))
+        }
+        Value::List(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(out, item).map_err(|f| f.within(Segment::Index(i)))?;
+            }
+            out.push(b']');
+        }
+        Value::Map(entries) => {
+            out.push(b'{');
+            for (i, (k, v)) in entries.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(out, k);
+                out.push(b':');
+                write_value(out, v).map_err(|f| f.within(Segment::Key(k)))?;
+            }
+            out.push(b'}');
+        }
+    }
+    Ok(())
+}
+
+impl<'a> Failure<'a> {
+    fn within(mut self, seg: Segment<'a>) -> Self {
+        self.segments.push(seg);
+        self
+    }
+}
+
+fn fail<'a>(message: String) -> Failure<'a> {
+    Failure {
+        segments: Vec::new(),
+        message,
+    }
+}
+
+fn write_display(out: &mut Vec<u8>, v: impl fmt::Display) {
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{v}");
+}
+
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    // serde_json's escaping of a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Finite floats via serde_json (ryu): shortest round-trip form, always with `.` or an exponent,
+/// so Python reads them back as `float`, never `int`.
+fn write_float(out: &mut Vec<u8>, f: f64) {
+    let _ = serde_json::to_writer(&mut *out, &f);
+}
+
+fn write_marker(out: &mut Vec<u8>, s: SpecialFloat) {
+    out.extend_from_slice(b"{\"");
+    out.extend_from_slice(FLOAT_MARKER_KEY.as_bytes());
+    out.extend_from_slice(b"\":\"");
+    out.extend_from_slice(s.as_str().as_bytes());
+    out.extend_from_slice(b"\"}");
+}
+
+/// `-?[0-9]+`, the shape of [`Value::BigInt`] digits.
+pub(crate) fn is_integer_literal(s: &str) -> bool {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Decodes JSON bytes into a [`Value`].
+///
+/// Integers outside `i64` become [`Value::BigInt`]; floats too large for `f64` become
+/// infinities; the marker object becomes [`Value::SpecialFloat`]; object key order is kept.
+pub fn decode_json(bytes: &[u8]) -> Result<Value, DecodeError> {
+    let parsed: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| DecodeError(e.to_string()))?;
+    Ok(from_serde(parsed))
+}
+
+fn from_serde(v: serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Null => Value::Nil,
+        serde_json::Value::Bool(b) => Value::Bool(b),
+        serde_json::Value::Number(n) => from_number(&n),
+        serde_json::Value::String(s) => Value::Str(s),
+        serde_json::Value::Array(items) => Value::List(items.into_iter().map(from_serde).collect()),
+        serde_json::Value::Object(map) => {
+            if map.len() == 1 {
+                if let Some(serde_json::Value::String(tag)) = map.get(FLOAT_MARKER_KEY) {
+                    if let Some(s) = SpecialFloat::from_marker(tag) {
+                        return Value::SpecialFloat(s);
+                    }
+                }
+            }
+            Value::Map(map.into_iter().map(|(k, v)| (k, from_serde(v))).collect())
+        }
+    }
+}
+
+fn from_number(n: &serde_json::Number) -> Value {
+    if let Some(i) = n.as_i64() {
+        return Value::Int(i);
+    }
+    let literal = n.as_str();
+    if is_integer_literal(literal) {
+        return Value::BigInt(literal.to_owned());
+    }
+    // A JSON number is always a valid Rust float literal; overflow parses to ±inf.
+    match literal.parse::<f64>() {
+        Ok(f) => Value::float(f),
+        Err(_) => Value::SpecialFloat(SpecialFloat::Nan),
+    }
+}

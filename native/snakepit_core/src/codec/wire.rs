@@ -1,0 +1,142 @@
+//! Contract §6.2 conventions on top of the generated protobuf types.
+//!
+//! - Parameters: one `Any{type_url: StringValue, value: <raw JSON bytes>}` per argument (the Any
+//!   carries JSON, not a serialized `StringValue`: that is what Python decodes).
+//! - Results: `result.value` is JSON (any `type_url`); a non-empty `binary_result` wins.
+//! - Errors: `error_message` is a JSON object (`type`, `message`, `traceback`, ...).
+
+use std::collections::HashMap;
+
+use prost_types::Any;
+
+use super::json::{decode_json, encode_json_at, EncodeError};
+use super::Value;
+use crate::pb::{ExecuteToolRequest, ExecuteToolResponse};
+
+/// `type_url` of every parameter `Any`.
+pub const PARAM_TYPE_URL: &str = "type.googleapis.com/google.protobuf.StringValue";
+
+/// Everything needed to build one `ExecuteToolRequest`, except the session id, which is the
+/// serving worker's and so is only known at dispatch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CallSpec {
+    /// The command (`tool_name`).
+    pub tool_name: String,
+    /// Arguments, each JSON-encoded into its own parameter.
+    pub args: Vec<(String, Value)>,
+    /// Raw byte arguments (`binary_parameters`), sent as is.
+    pub binary_parameters: Vec<(String, Vec<u8>)>,
+    /// Request metadata (`correlation_id`, ...).
+    pub metadata: Vec<(String, String)>,
+    /// Streaming call (`ExecuteStreamingTool`).
+    pub stream: bool,
+}
+
+/// Encodes the arguments and builds the request. The error path starts with the argument name.
+pub fn build_request(spec: CallSpec) -> Result<ExecuteToolRequest, EncodeError> {
+    let mut parameters = HashMap::with_capacity(spec.args.len());
+    for (name, value) in &spec.args {
+        let json = encode_json_at(value, name)?;
+        parameters.insert(
+            name.clone(),
+            Any {
+                type_url: PARAM_TYPE_URL.to_owned(),
+                value: json,
+            },
+        );
+    }
+    Ok(ExecuteToolRequest {
+        session_id: String::new(),
+        tool_name: spec.tool_name,
+        parameters,
+        metadata: spec.metadata.into_iter().collect(),
+        stream: spec.stream,
+        binary_parameters: spec.binary_parameters.into_iter().collect(),
+    })
+}
+
+/// A successful tool result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolResult {
+    /// The decoded `result` (raw [`Value::Bytes`] when it is not JSON, as upstream).
+    Value(Value),
+    /// `binary_result` was set: Elixir gets `{:binary, bytes}`, or `{:binary, bytes, meta}` when
+    /// the JSON result is a non-empty map.
+    Binary {
+        /// The raw payload.
+        bytes: Vec<u8>,
+        /// The decoded `result` when it is a non-empty map.
+        meta: Option<Value>,
+    },
+}
+
+/// Splits a response into a result or the Python error payload (a [`Value::Map`]).
+pub fn decode_response(resp: ExecuteToolResponse) -> Result<ToolResult, Value> {
+    if !resp.success {
+        return Err(python_error(&resp.error_message));
+    }
+    let value = match resp.result {
+        Some(any) if !any.value.is_empty() => {
+            decode_json(&any.value).unwrap_or(Value::Bytes(any.value))
+        }
+        _ => Value::Nil,
+    };
+    if resp.binary_result.is_empty() {
+        return Ok(ToolResult::Value(value));
+    }
+    let meta = match value {
+        Value::Map(ref entries) if !entries.is_empty() => Some(value),
+        _ => None,
+    };
+    Ok(ToolResult::Binary {
+        bytes: resp.binary_result,
+        meta,
+    })
+}
+
+/// Parses an `error_message`: a JSON object is the payload; anything else becomes
+/// `%{"type" => "UnknownError", "message" => raw}`.
+pub fn python_error(error_message: &str) -> Value {
+    match decode_json(error_message.as_bytes()) {
+        Ok(map @ Value::Map(_)) => map,
+        _ => Value::Map(vec![
+            ("type".into(), Value::str("UnknownError")),
+            ("message".into(), Value::str(error_message)),
+        ]),
+    }
+}
+
+/// A streaming tool that raises aborts the stream with a gRPC status whose message is the same
+/// JSON payload as `error_message`; recognise it so callers see `{:python, map}` either way.
+pub fn python_error_from_status(message: &str) -> Option<Value> {
+    match decode_json(message.as_bytes()) {
+        Ok(map @ Value::Map(_)) if map.get("type").is_some() && map.get("message").is_some() => {
+            Some(map)
+        }
+        _ => None,
+    }
+}
+
+/// The payload of one stream chunk, decoded as far as the wire allows. Elixir builds upstream's
+/// callback map from it (contract §6.4: empty → `%{}`, JSON object → itself, other JSON →
+/// `%{"data" => v}`, not JSON → `%{"raw_data_base64" => ...}`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChunkPayload {
+    /// `data` was empty (`nil` in Elixir).
+    Empty,
+    /// `data` was JSON.
+    Json(Value),
+    /// `data` was not JSON (`{:binary, bytes}` in Elixir).
+    Raw(Vec<u8>),
+}
+
+/// Classifies a chunk's `data`.
+pub fn chunk_payload(data: Vec<u8>) -> ChunkPayload {
+    if data.is_empty() {
+        return ChunkPayload::Empty;
+    }
+    match decode_json(&data) {
+        Ok(v) => ChunkPayload::Json(v),
+        Err(_) => ChunkPayload::Raw(data),
+    }
+}

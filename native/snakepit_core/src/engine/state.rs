@@ -1,0 +1,346 @@
+//! The engine's tables and the translation of scheduler actions into effects.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::runtime::Handle;
+use tokio::sync::{oneshot, Semaphore};
+
+use super::slot::Slot;
+use super::task;
+use super::types::{ErrorReason, Outcome, ReplyTarget};
+use super::Inner;
+use crate::codec::Value;
+use crate::pb::ExecuteToolRequest;
+use crate::scheduler::{Action, RequestId, Scheduler, WorkerId};
+use crate::transport::WorkerClient;
+
+/// Everything behind the engine's lock.
+pub(crate) struct State<T: ReplyTarget> {
+    pub(crate) scheduler: Scheduler,
+    /// Requests from submit until the scheduler is done with them (rejected, cancelled while
+    /// queued, or completed after their RPC ended).
+    pub(crate) requests: HashMap<RequestId, Pending<T>>,
+    pub(crate) workers: HashMap<WorkerId, WorkerEntry>,
+    pub(crate) by_name: HashMap<Arc<str>, WorkerId>,
+    next_worker: u64,
+    /// The wakeup the timer task currently sleeps towards.
+    pub(crate) armed: Option<Instant>,
+}
+
+/// A request the engine tracks.
+pub(crate) struct Pending<T: ReplyTarget> {
+    pub(crate) slot: Arc<Slot<T>>,
+    /// The encoded call, until dispatch.
+    pub(crate) job: Option<ExecuteToolRequest>,
+    pub(crate) deadline: Option<Instant>,
+    /// Stream credits (`Some` for streaming calls).
+    pub(crate) credits: Option<Arc<Semaphore>>,
+    /// Aborts the running task (`Some` while dispatched).
+    pub(crate) kill: Option<oneshot::Sender<()>>,
+    /// The worker running it, once dispatched.
+    pub(crate) worker: Option<WorkerId>,
+}
+
+/// A worker that is up.
+pub(crate) struct WorkerEntry {
+    pub(crate) name: Arc<str>,
+    pub(crate) client: WorkerClient,
+}
+
+/// An effect to perform once the lock is released.
+pub(crate) enum Delivery<T: ReplyTarget> {
+    Reply(Arc<Slot<T>>, Outcome),
+    Recycle(Arc<str>),
+}
+
+impl<T: ReplyTarget> State<T> {
+    pub(crate) fn new(scheduler: Scheduler) -> Self {
+        State {
+            scheduler,
+            requests: HashMap::new(),
+            workers: HashMap::new(),
+            by_name: HashMap::new(),
+            next_worker: 1,
+            armed: None,
+        }
+    }
+
+    /// Worker ids are never reused: a re-added name is a new process (see `WorkerId`).
+    pub(crate) fn new_worker_id(&mut self) -> WorkerId {
+        let id = WorkerId(self.next_worker);
+        self.next_worker += 1;
+        id
+    }
+
+    fn worker_name(&self, id: WorkerId) -> Arc<str> {
+        self.workers
+            .get(&id)
+            .map(|w| w.name.clone())
+            .unwrap_or_else(|| Arc::from(format!("worker-{}", id.0)))
+    }
+}
+
+impl<T: ReplyTarget> Inner<T> {
+    /// Turns actions into effects. `lost` is the (name, reason) of the worker being taken down,
+    /// for the `WorkerLost` actions of `worker_down`.
+    pub(crate) fn apply(
+        self: &Arc<Self>,
+        state: &mut State<T>,
+        actions: Vec<Action>,
+        lost: Option<&(Arc<str>, Value)>,
+        now: Instant,
+        out: &mut Vec<Delivery<T>>,
+    ) {
+        for action in actions {
+            match action {
+                Action::Dispatch { request, worker } => {
+                    self.dispatch(state, request, worker, now, out)
+                }
+                Action::Reject { request, reason } => {
+                    if let Some(p) = state.requests.remove(&request) {
+                        out.push(Delivery::Reply(
+                            p.slot,
+                            Outcome::Error(ErrorReason::Pool(reason)),
+                        ));
+                    }
+                }
+                Action::WorkerLost { request, worker } => {
+                    let (name, reason) = match lost {
+                        Some((name, reason)) => (name.clone(), reason.clone()),
+                        None => (state.worker_name(worker), Value::str("worker_lost")),
+                    };
+                    // The task stays tracked until it ends and `complete` is called.
+                    if let Some(p) = state.requests.get_mut(&request) {
+                        if let Some(kill) = p.kill.take() {
+                            let _ = kill.send(());
+                        }
+                        let outcome = Outcome::Error(ErrorReason::WorkerExit {
+                            worker: name,
+                            reason,
+                        });
+                        out.push(Delivery::Reply(p.slot.clone(), outcome));
+                    }
+                }
+                Action::CancelCall { request, .. } => {
+                    // Streams stop at once; unary calls run on until Python returns (see the
+                    // module docs), their result discarded.
+                    if let Some(p) = state.requests.get_mut(&request) {
+                        if p.credits.is_some() {
+                            if let Some(kill) = p.kill.take() {
+                                let _ = kill.send(());
+                            }
+                        }
+                    }
+                }
+                Action::RecycleWorker { worker } => {
+                    if let Some(w) = state.workers.get(&worker) {
+                        out.push(Delivery::Recycle(w.name.clone()));
+                    }
+                }
+            }
+        }
+        self.rearm(state);
+    }
+
+    fn dispatch(
+        self: &Arc<Self>,
+        state: &mut State<T>,
+        request: RequestId,
+        worker: WorkerId,
+        now: Instant,
+        out: &mut Vec<Delivery<T>>,
+    ) {
+        let client = state
+            .workers
+            .get(&worker)
+            .map(|w| (w.name.clone(), w.client.clone()));
+        let Some(pending) = state.requests.get_mut(&request) else {
+            // Not ours (already finished): give the slot straight back.
+            let mut actions = Vec::new();
+            state.scheduler.complete(request, now, &mut actions);
+            self.apply(state, actions, None, now, out);
+            return;
+        };
+        let (Some((name, client)), Some(mut job)) = (client, pending.job.take()) else {
+            let slot = pending.slot.clone();
+            state.requests.remove(&request);
+            let mut actions = Vec::new();
+            state.scheduler.complete(request, now, &mut actions);
+            out.push(Delivery::Reply(
+                slot,
+                Outcome::grpc("internal", "dispatched to an unknown worker"),
+            ));
+            self.apply(state, actions, None, now, out);
+            return;
+        };
+        if job.session_id.is_empty() {
+            job.session_id = name.to_string();
+        }
+        let (kill_tx, kill_rx) = oneshot::channel();
+        pending.kill = Some(kill_tx);
+        pending.worker = Some(worker);
+        let job = task::Job {
+            id: request,
+            client,
+            call: job,
+            deadline: pending.deadline,
+            slot: pending.slot.clone(),
+            credits: pending.credits.clone(),
+            kill: kill_rx,
+        };
+        self.handle.spawn(task::run(self.clone(), job));
+    }
+
+    /// Aborts every task still running on a worker that went away, abandoned ones included
+    /// (the scheduler forgets those silently, but their RPC would otherwise linger until the
+    /// connection breaks).
+    pub(crate) fn kill_worker_tasks(state: &mut State<T>, worker: WorkerId) {
+        for p in state.requests.values_mut() {
+            if p.worker == Some(worker) {
+                if let Some(kill) = p.kill.take() {
+                    let _ = kill.send(());
+                }
+            }
+        }
+    }
+
+    /// Wakes the timer task when the scheduler's next wakeup moved earlier.
+    fn rearm(&self, state: &mut State<T>) {
+        let next = state.scheduler.next_wakeup();
+        let earlier = match (next, state.armed) {
+            (Some(n), Some(a)) => n < a,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if earlier {
+            state.armed = next;
+            self.wake.notify_one();
+        }
+    }
+
+    /// Performs effects outside the lock: inline on a tokio thread, else on a spawned task,
+    /// so no reply ever runs on a BEAM scheduler thread.
+    pub(crate) fn deliver(self: &Arc<Self>, deliveries: Vec<Delivery<T>>) {
+        if deliveries.is_empty() {
+            return;
+        }
+        if Handle::try_current().is_ok() {
+            self.deliver_now(deliveries);
+        } else {
+            let this = self.clone();
+            self.handle
+                .spawn(async move { this.deliver_now(deliveries) });
+        }
+    }
+
+    fn deliver_now(&self, deliveries: Vec<Delivery<T>>) {
+        for d in deliveries {
+            // One failing target must not cost the others in the batch their reply (`close`
+            // answers every queued request at once).
+            let _ = catch_unwind(AssertUnwindSafe(|| match d {
+                Delivery::Reply(slot, outcome) => {
+                    slot.reply(outcome);
+                }
+                Delivery::Recycle(name) => self.events.recycle_worker(&name),
+            }));
+        }
+    }
+
+    /// The RPC task of `id` ended with `outcome`: tell the scheduler, then answer the caller if
+    /// the scheduler says it is still waiting (and nobody answered already).
+    pub(crate) fn finish(self: &Arc<Self>, id: RequestId, outcome: Outcome) {
+        let now = Instant::now();
+        let mut deliveries = Vec::new();
+        let slot = {
+            let mut state = self.lock();
+            let Some(pending) = state.requests.remove(&id) else {
+                return;
+            };
+            let mut actions = Vec::new();
+            let answer = state.scheduler.complete(id, now, &mut actions);
+            self.apply(&mut state, actions, None, now, &mut deliveries);
+            if answer {
+                deliveries.push(Delivery::Reply(pending.slot, outcome));
+                None
+            } else {
+                Some(pending.slot)
+            }
+        };
+        // Dropped outside the lock (normally already empty: answered or cancelled).
+        drop(slot);
+        self.deliver(deliveries);
+    }
+
+    /// The caller's deadline passed while the unary RPC of `id` runs: answer it now and mark
+    /// the request abandoned, so the scheduler's grace clock starts.
+    pub(crate) fn expire(self: &Arc<Self>, id: RequestId, slot: &Slot<T>) {
+        slot.reply(Outcome::grpc(
+            "deadline_exceeded",
+            "caller deadline exceeded",
+        ));
+        self.abandon(id);
+    }
+
+    pub(crate) fn cancel(self: &Arc<Self>, id: RequestId) {
+        let slot = self.lock().requests.get(&id).map(|p| p.slot.clone());
+        if let Some(slot) = slot {
+            // Outside the engine lock: discarding waits for a reply that is being sent.
+            slot.discard();
+            self.abandon(id);
+        }
+    }
+
+    fn abandon(self: &Arc<Self>, id: RequestId) {
+        let now = Instant::now();
+        let mut deliveries = Vec::new();
+        {
+            let mut state = self.lock();
+            let Some(pending) = state.requests.get(&id) else {
+                return;
+            };
+            let queued = pending.worker.is_none();
+            let mut actions = Vec::new();
+            state.scheduler.cancel(id, now, &mut actions);
+            if queued {
+                // Never dispatched: the scheduler has forgotten it; so do we.
+                state.requests.remove(&id);
+            }
+            self.apply(&mut state, actions, None, now, &mut deliveries);
+        }
+        self.deliver(deliveries);
+    }
+
+    pub(crate) fn close(self: &Arc<Self>) {
+        let now = Instant::now();
+        let mut deliveries = Vec::new();
+        {
+            let mut state = self.lock();
+            let mut actions = Vec::new();
+            state.scheduler.close(now, &mut actions);
+            self.apply(&mut state, actions, None, now, &mut deliveries);
+        }
+        self.deliver(deliveries);
+    }
+
+    /// Runs the scheduler's timers; returns when to come back.
+    pub(crate) fn tick(self: &Arc<Self>) -> Option<Instant> {
+        let now = Instant::now();
+        let mut deliveries = Vec::new();
+        let next = {
+            let mut state = self.lock();
+            let mut actions = Vec::new();
+            state.scheduler.tick(now, &mut actions);
+            // The timer task is awake now: no need to notify it about wakeups found here.
+            state.armed = Some(now);
+            self.apply(&mut state, actions, None, now, &mut deliveries);
+            let next = state.scheduler.next_wakeup();
+            state.armed = next;
+            next
+        };
+        self.deliver(deliveries);
+        next
+    }
+}

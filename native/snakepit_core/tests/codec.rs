@@ -1,0 +1,329 @@
+//! Value ↔ JSON and the §6.2 request/response conventions.
+
+use proptest::prelude::*;
+use prost_types::Any;
+use snakepit_core::codec::{
+    build_request, chunk_payload, decode_json, decode_response, encode_json, python_error,
+    python_error_from_status, CallSpec, ChunkPayload, SpecialFloat, ToolResult, Value,
+};
+use snakepit_core::pb::ExecuteToolResponse;
+
+fn json(v: &Value) -> String {
+    String::from_utf8(encode_json(v).expect("encodable")).expect("utf8")
+}
+
+fn map(entries: Vec<(&str, Value)>) -> Value {
+    Value::Map(
+        entries
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+    )
+}
+
+#[test]
+fn encodes_scalars() {
+    assert_eq!(json(&Value::Nil), "null");
+    assert_eq!(json(&Value::Bool(true)), "true");
+    assert_eq!(json(&Value::Int(-42)), "-42");
+    assert_eq!(
+        json(&Value::BigInt("123456789012345678901234567890".into())),
+        "123456789012345678901234567890"
+    );
+    assert_eq!(json(&Value::str("a\"b\n")), r#""a\"b\n""#);
+}
+
+#[test]
+fn floats_always_look_like_floats() {
+    assert_eq!(json(&Value::Float(1.0)), "1.0");
+    assert_eq!(json(&Value::Float(-0.5)), "-0.5");
+    let big = json(&Value::Float(1e300));
+    assert!(big.contains('e') || big.contains('.'), "{big}");
+}
+
+#[test]
+fn special_floats_use_the_marker_object() {
+    assert_eq!(
+        json(&Value::SpecialFloat(SpecialFloat::Nan)),
+        r#"{"__snakepit_float__":"nan"}"#
+    );
+    assert_eq!(
+        json(&Value::Float(f64::INFINITY)),
+        r#"{"__snakepit_float__":"inf"}"#
+    );
+    assert_eq!(
+        json(&Value::SpecialFloat(SpecialFloat::NegInf)),
+        r#"{"__snakepit_float__":"-inf"}"#
+    );
+    assert_eq!(
+        decode_json(br#"[{"__snakepit_float__":"-inf"}]"#).unwrap(),
+        Value::List(vec![Value::SpecialFloat(SpecialFloat::NegInf)])
+    );
+    // Not the marker: extra key or unknown tag.
+    assert!(matches!(
+        decode_json(br#"{"__snakepit_float__":"nan","x":1}"#).unwrap(),
+        Value::Map(_)
+    ));
+    assert!(matches!(
+        decode_json(br#"{"__snakepit_float__":"zero"}"#).unwrap(),
+        Value::Map(_)
+    ));
+}
+
+#[test]
+fn bytes_are_rejected_with_their_path() {
+    let v = map(vec![(
+        "a",
+        map(vec![(
+            "b",
+            Value::List(vec![Value::Nil, Value::Nil, Value::Bytes(vec![0xff])]),
+        )]),
+    )]);
+    let err = encode_json(&v).unwrap_err();
+    assert_eq!(err.path, "a.b[2]");
+    assert!(err.message.contains("binary_parameters"), "{}", err.message);
+    let top = encode_json(&Value::Bytes(vec![1])).unwrap_err();
+    assert_eq!(top.path, "");
+}
+
+#[test]
+fn malformed_big_integers_are_rejected() {
+    let err = encode_json(&Value::List(vec![Value::BigInt("12a".into())])).unwrap_err();
+    assert_eq!(err.path, "[0]");
+}
+
+#[test]
+fn decodes_integers_of_any_size() {
+    assert_eq!(
+        decode_json(b"9223372036854775807").unwrap(),
+        Value::Int(i64::MAX)
+    );
+    assert_eq!(
+        decode_json(b"-9223372036854775808").unwrap(),
+        Value::Int(i64::MIN)
+    );
+    assert_eq!(
+        decode_json(b"9223372036854775808").unwrap(),
+        Value::BigInt("9223372036854775808".into())
+    );
+    assert_eq!(
+        decode_json(b"-99999999999999999999999").unwrap(),
+        Value::BigInt("-99999999999999999999999".into())
+    );
+    assert_eq!(decode_json(b"5.0").unwrap(), Value::Float(5.0));
+    assert_eq!(decode_json(b"1e2").unwrap(), Value::Float(100.0));
+    assert_eq!(
+        decode_json(b"1e400").unwrap(),
+        Value::SpecialFloat(SpecialFloat::Inf)
+    );
+}
+
+#[test]
+fn decoding_keeps_key_order() {
+    let v = decode_json(br#"{"z":1,"a":2,"m":{"y":3,"b":4}}"#).unwrap();
+    assert_eq!(
+        v,
+        map(vec![
+            ("z", Value::Int(1)),
+            ("a", Value::Int(2)),
+            ("m", map(vec![("y", Value::Int(3)), ("b", Value::Int(4))]))
+        ])
+    );
+}
+
+#[test]
+fn decode_rejects_invalid_json() {
+    assert!(decode_json(b"{").is_err());
+    assert!(decode_json(b"NaN").is_err());
+}
+
+#[test]
+fn request_parameters_are_raw_json_in_string_value_anys() {
+    let req = build_request(CallSpec {
+        tool_name: "add".into(),
+        args: vec![
+            ("a".into(), Value::Int(1)),
+            ("b".into(), Value::List(vec![Value::Float(2.5)])),
+        ],
+        binary_parameters: vec![("blob".into(), vec![0, 255])],
+        metadata: vec![("correlation_id".into(), "c-1".into())],
+        stream: true,
+    })
+    .unwrap();
+    assert_eq!(req.tool_name, "add");
+    assert!(req.stream);
+    assert_eq!(req.session_id, "");
+    let a = &req.parameters["a"];
+    assert_eq!(
+        a.type_url,
+        "type.googleapis.com/google.protobuf.StringValue"
+    );
+    assert_eq!(a.value, b"1");
+    assert_eq!(req.parameters["b"].value, b"[2.5]");
+    assert_eq!(req.binary_parameters["blob"], vec![0, 255]);
+    assert_eq!(req.metadata["correlation_id"], "c-1");
+}
+
+#[test]
+fn request_errors_name_the_argument() {
+    let err = build_request(CallSpec {
+        tool_name: "t".into(),
+        args: vec![(
+            "payload".into(),
+            map(vec![("x", Value::List(vec![Value::Bytes(vec![1])]))]),
+        )],
+        ..CallSpec::default()
+    })
+    .unwrap_err();
+    assert_eq!(err.path, "payload.x[0]");
+}
+
+fn ok_response(result: &[u8], binary: &[u8]) -> ExecuteToolResponse {
+    ExecuteToolResponse {
+        success: true,
+        result: Some(Any {
+            type_url: "type.googleapis.com/snakepit.map".into(),
+            value: result.to_vec(),
+        }),
+        binary_result: binary.to_vec(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn decodes_successful_results() {
+    assert_eq!(
+        decode_response(ok_response(br#"{"x":1}"#, b"")),
+        Ok(ToolResult::Value(map(vec![("x", Value::Int(1))])))
+    );
+    // Not JSON: raw bytes, as upstream.
+    assert_eq!(
+        decode_response(ok_response(b"not json", b"")),
+        Ok(ToolResult::Value(Value::Bytes(b"not json".to_vec())))
+    );
+    // No result at all.
+    let empty = ExecuteToolResponse {
+        success: true,
+        ..Default::default()
+    };
+    assert_eq!(decode_response(empty), Ok(ToolResult::Value(Value::Nil)));
+}
+
+#[test]
+fn binary_results_carry_meta_only_when_a_non_empty_map() {
+    assert_eq!(
+        decode_response(ok_response(b"{}", b"\x00\x01")),
+        Ok(ToolResult::Binary {
+            bytes: vec![0, 1],
+            meta: None
+        })
+    );
+    assert_eq!(
+        decode_response(ok_response(br#"{"shape":[2]}"#, b"\x00")),
+        Ok(ToolResult::Binary {
+            bytes: vec![0],
+            meta: Some(map(vec![("shape", Value::List(vec![Value::Int(2)]))]))
+        })
+    );
+}
+
+#[test]
+fn decodes_python_errors() {
+    let resp = ExecuteToolResponse {
+        success: false,
+        error_message: r#"{"type":"ValueError","message":"bad","traceback":"tb"}"#.into(),
+        ..Default::default()
+    };
+    let err = decode_response(resp).unwrap_err();
+    assert_eq!(err.get("type"), Some(&Value::str("ValueError")));
+    assert_eq!(err.get("traceback"), Some(&Value::str("tb")));
+
+    let raw = python_error("boom");
+    assert_eq!(
+        raw,
+        map(vec![
+            ("type", Value::str("UnknownError")),
+            ("message", Value::str("boom"))
+        ])
+    );
+    assert_eq!(
+        python_error("[1]").get("type"),
+        Some(&Value::str("UnknownError"))
+    );
+}
+
+#[test]
+fn recognises_python_errors_in_stream_statuses() {
+    assert!(python_error_from_status(r#"{"type":"KeyError","message":"k"}"#).is_some());
+    assert!(python_error_from_status(r#"{"message":"k"}"#).is_none());
+    assert!(python_error_from_status("transport is closing").is_none());
+}
+
+#[test]
+fn chunk_payloads_are_classified() {
+    assert_eq!(chunk_payload(vec![]), ChunkPayload::Empty);
+    assert_eq!(
+        chunk_payload(br#"{"i":1}"#.to_vec()),
+        ChunkPayload::Json(map(vec![("i", Value::Int(1))]))
+    );
+    assert_eq!(
+        chunk_payload(b"[1]".to_vec()),
+        ChunkPayload::Json(Value::List(vec![Value::Int(1)]))
+    );
+    // Python sends str chunks as UTF-8, not JSON.
+    assert_eq!(
+        chunk_payload(b"hello".to_vec()),
+        ChunkPayload::Raw(b"hello".to_vec())
+    );
+}
+
+fn leaf() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Nil),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::Int),
+        // Integers just outside i64 and far outside it.
+        any::<i128>()
+            .prop_filter("outside i64", |i| i64::try_from(*i).is_err())
+            .prop_map(|i| Value::BigInt(i.to_string())),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::Float),
+        prop_oneof![
+            Just(SpecialFloat::Nan),
+            Just(SpecialFloat::Inf),
+            Just(SpecialFloat::NegInf)
+        ]
+        .prop_map(Value::SpecialFloat),
+        any::<String>().prop_map(Value::Str),
+    ]
+}
+
+fn value() -> impl Strategy<Value = Value> {
+    leaf().prop_recursive(4, 64, 8, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..8).prop_map(Value::List),
+            // Unique keys (JSON objects keep the last duplicate); the `k` prefix keeps the
+            // float marker key out.
+            prop::collection::vec(("[a-z0-9_]{0,6}", inner), 0..8).prop_map(|entries| {
+                let mut seen = std::collections::HashSet::new();
+                Value::Map(
+                    entries
+                        .into_iter()
+                        .filter(|(k, _)| seen.insert(k.clone()))
+                        .map(|(k, v)| (format!("k{k}"), v))
+                        .collect(),
+                )
+            }),
+        ]
+    })
+}
+
+proptest! {
+    #[test]
+    fn json_round_trip(v in value()) {
+        let bytes = encode_json(&v).expect("encodable");
+        let back = decode_json(&bytes).expect("decodable");
+        prop_assert_eq!(back, v);
+    }
+}
