@@ -1,0 +1,171 @@
+defmodule Snakepit do
+  @moduledoc """
+  Pools of Python worker processes, called from Elixir.
+
+  A drop-in replacement for the public API of Snakepit v0.13: the same functions, options,
+  configuration keys and result/error shapes. Inside, the scheduler (checkout, queue, session
+  affinity) and the gRPC transport to the workers live in a Rust NIF: `execute/3` submits from the
+  calling process straight into the NIF and receives the reply as a message, so no pool process
+  sits in the request path.
+
+  ## Configuration
+
+      config :snakepit,
+        pooling_enabled: true,
+        pools: [
+          %{name: :default, pool_size: 4, adapter_args: ["--adapter", "my_app.adapter.MyAdapter"]}
+        ]
+
+  See `Snakepit.Config` for all keys (legacy `pool_size` / `pool_config` work too).
+
+  ## Errors
+
+  Every failure is `{:error, %Snakepit.Error{}}`; see `Snakepit.Error` for the categories.
+  """
+
+  alias Snakepit.{Error, Pool}
+
+  @typedoc "Options of the execute family (see `execute/3`)."
+  @type opts :: keyword()
+
+  @doc """
+  Runs `command` (a Python tool name) with `args` on a worker of the pool.
+
+  Options:
+
+  * `:timeout` - ms or `:infinity` (default `pool_request_timeout`, 300 000 with the
+    `:balanced` profile). On expiry the request is cancelled and the result is
+    `{:error, %Snakepit.Error{category: :timeout, message: "Pool execute timed out"}}`.
+  * `:pool_name` - pool to use (atom or string; default: the first configured pool).
+  * `:session_id` - session affinity key (see `execute_in_session/4`).
+  * `:affinity` - per-call override of the pool's affinity mode: `:hint`, `:strict_queue`,
+    `:strict_fail_fast` (strings accepted).
+  * `:binary_parameters` - `%{name => binary}` sent as raw bytes.
+  * `:correlation_id` - request metadata (generated when absent).
+  * `:thread_sensitive` - `true` makes Python run a sync tool on its event-loop thread.
+
+  ## Examples
+
+      Snakepit.execute("ping", %{})
+      #=> {:ok, %{"message" => "pong", "timestamp" => "1733245000.12"}}
+
+      Snakepit.execute("add", %{a: 2, b: 3}, timeout: 5_000)
+      #=> {:ok, 5}
+
+      Snakepit.execute("ping", %{}, pool_name: :nope)
+      #=> {:error, %Snakepit.Error{category: :pool, message: "Pool not found", ...}}
+  """
+  @spec execute(String.t(), map(), opts()) :: {:ok, term()} | {:error, Error.t()}
+  def execute(command, args, opts \\ []), do: Pool.execute(command, args, opts)
+
+  @doc """
+  Like `execute/3` with `session_id: session_id`: calls of one session go to the same worker
+  (per the pool's affinity mode), so Python state kept in that worker is found again.
+
+      Snakepit.execute_in_session("user-42", "store_object", %{"key" => "k", "value" => 1})
+      #=> {:ok, ...}
+  """
+  @spec execute_in_session(String.t(), String.t(), map(), opts()) ::
+          {:ok, term()} | {:error, Error.t()}
+  def execute_in_session(session_id, command, args, opts \\ []),
+    do: execute(command, args, Keyword.put(opts, :session_id, session_id))
+
+  @doc """
+  Runs a streaming tool; `callback` is called in the calling process with each chunk, a map
+  with `"is_final"` (non-map JSON payloads are wrapped as `%{"data" => value}`).
+
+  The callback may return `:halt` (stop, result `:ok`) or `{:halt, reason}` (stop, result
+  `{:error, ...}`); anything else continues. A raising callback stops the stream with an error.
+  Default `:timeout` is `pool_streaming_timeout` (900 000 ms), for the whole stream.
+
+      Snakepit.execute_stream("count_to", %{"n" => 3}, fn chunk -> IO.inspect(chunk) end)
+      #=> :ok
+  """
+  @spec execute_stream(String.t(), map(), (map() -> term()), opts()) :: :ok | {:error, Error.t()}
+  def execute_stream(command, args \\ %{}, callback, opts \\ []) do
+    ensure_started!()
+
+    with :ok <- streaming_supported() do
+      Pool.execute_stream(command, args, callback, opts)
+    end
+  end
+
+  @doc "`execute_stream/4` with `session_id: session_id`."
+  @spec execute_in_session_stream(String.t(), String.t(), map(), (map() -> term()), opts()) ::
+          :ok | {:error, Error.t()}
+  def execute_in_session_stream(session_id, command, args \\ %{}, callback, opts \\ []),
+    do: execute_stream(command, args, callback, Keyword.put(opts, :session_id, session_id))
+
+  @doc """
+  Aggregate statistics of all pools: `requests`, `queued`, `errors`, `queue_timeouts`,
+  `pool_saturated`, `workers`, `available`, `busy` (plus the scheduler's own counters).
+
+      Snakepit.get_stats().workers
+      #=> 4
+  """
+  @spec get_stats(atom()) :: map()
+  def get_stats(pool \\ Pool), do: Pool.get_stats(pool)
+
+  @doc """
+  Ids of the ready workers of all pools.
+
+      Snakepit.list_workers()
+      #=> ["default_worker_1_1234", "default_worker_2_1240"]
+  """
+  @spec list_workers(atom()) :: [String.t()]
+  def list_workers(pool \\ Pool), do: Pool.list_workers(pool)
+
+  @doc """
+  Kills the Python processes started by this VM (SIGTERM, then SIGKILL after 3 s).
+  Returns `:ok` or `{:timeout, os_pids_still_alive}`.
+  """
+  @spec cleanup() :: :ok | {:timeout, [non_neg_integer()]}
+  def cleanup, do: Snakepit.Script.cleanup()
+
+  @doc """
+  Starts Snakepit, waits for the pools, runs `fun` and shuts down again; for scripts
+  (`mix run script.exs`).
+
+  Options: `:timeout` (pool readiness wait, 15 000), `:await_pool` (default `pooling_enabled`),
+  `:stop_mode` (`:if_started` | `:always` | `:never`), `:exit_mode`
+  (`:none` | `:stop` | `:halt` | `:auto`; env `SNAKEPIT_SCRIPT_EXIT`), `:halt` (legacy boolean).
+  Returns `fun`'s value, or `{:error, :pool_initialization_timeout}` when the pools were not
+  ready in time, or `{:error, %Snakepit.Error{}}` when a pool failed to start.
+
+      Snakepit.run_as_script(fn -> Snakepit.execute("ping", %{}) end)
+      #=> {:ok, %{"message" => "pong", ...}}
+  """
+  @spec run_as_script((() -> result), keyword()) :: result | {:error, term()} when result: term()
+  def run_as_script(fun, opts \\ []) when is_function(fun, 0), do: Snakepit.Script.run(fun, opts)
+
+  # -- helpers -----------------------------------------------------------------------------------
+
+  defp ensure_started! do
+    if Process.whereis(Snakepit.Supervisor) == nil do
+      case Application.ensure_all_started(:snakepit) do
+        {:ok, _} -> :ok
+        {:error, _} -> raise RuntimeError, "Snakepit application not started"
+      end
+    end
+
+    :ok
+  end
+
+  # Upstream gates streaming on the global :adapter_module exporting uses_grpc?/0. The built-in
+  # Python bridge (no adapter module configured) always streams.
+  defp streaming_supported do
+    case Application.get_env(:snakepit, :adapter_module) do
+      nil ->
+        :ok
+
+      module ->
+        if Code.ensure_loaded?(module) and function_exported?(module, :uses_grpc?, 0) and
+             module.uses_grpc?() do
+          :ok
+        else
+          {:error,
+           Error.validation_error("Streaming not supported by adapter", %{adapter: module})}
+        end
+    end
+  end
+end

@@ -1,0 +1,91 @@
+defmodule Snakepit.Application do
+  @moduledoc false
+  # Supervision tree (Snakepit.Supervisor, :one_for_one):
+  #
+  #   Snakepit.Pool.Registry        Registry: pool / worker-supervisor names, worker id -> pid
+  #   Snakepit.Bridge.SessionStore  ETS sessions
+  #   per pool (only when pooling_enabled: true):
+  #     Snakepit.Pool.Supervisor (:one_for_all)
+  #       DynamicSupervisor         one Snakepit.Worker (Port owner) per Python process
+  #       Snakepit.Pool             owner of the NIF pool resource
+  #
+  # The configuration is validated before anything starts; an invalid key makes the
+  # application fail to start with a message naming it.
+
+  use Application
+
+  require Logger
+
+  alias Snakepit.{Config, PythonExecutable, RuntimeDir}
+
+  @impl true
+  def start(_type, _args) do
+    with {:ok, config} <- load_config(),
+         {:ok, config} <- resolve_python(config),
+         :ok <- check_nif(config) do
+      :persistent_term.put({Snakepit, :config}, config)
+
+      Supervisor.start_link(children(config), strategy: :one_for_one, name: Snakepit.Supervisor)
+    end
+  end
+
+  @impl true
+  def stop(_state) do
+    # Pools erase their own entry on a planned stop; this covers one that crashed on the way.
+    with %Config{pools: pools} <- :persistent_term.get({Snakepit, :config}, nil) do
+      Enum.each(pools, &:persistent_term.erase({Snakepit.Pool, &1.name}))
+    end
+
+    :persistent_term.erase({Snakepit, :config})
+    RuntimeDir.cleanup()
+    :ok
+  end
+
+  defp children(config) do
+    base = [
+      {Registry, keys: :unique, name: Snakepit.Pool.Registry},
+      {Snakepit.Bridge.SessionStore,
+       ttl: config.session_default_ttl,
+       cleanup_interval: config.session_cleanup_interval,
+       max_sessions: config.max_sessions}
+    ]
+
+    if config.pooling_enabled do
+      RuntimeDir.ensure!()
+      base ++ Enum.map(config.pools, &{Snakepit.Pool.Supervisor, &1})
+    else
+      base
+    end
+  end
+
+  defp load_config do
+    case Config.load() do
+      {:ok, config} -> {:ok, config}
+      {:error, message} -> {:error, {:invalid_config, message}}
+    end
+  end
+
+  defp check_nif(%Config{pooling_enabled: false}), do: :ok
+
+  defp check_nif(_config) do
+    if Snakepit.Native.loaded?(),
+      do: :ok,
+      else: {:error, {:nif_not_loaded, Snakepit.Native.load_error_message()}}
+  end
+
+  defp resolve_python(%Config{pooling_enabled: false} = config), do: {:ok, config}
+
+  defp resolve_python(config) do
+    config.pools
+    |> Enum.reduce_while({:ok, []}, fn pool, {:ok, acc} ->
+      case PythonExecutable.resolve(pool.python_executable) do
+        {:ok, python} -> {:cont, {:ok, [Map.put(pool, :python, python) | acc]}}
+        {:error, reason} -> {:halt, {:error, reason}}
+      end
+    end)
+    |> case do
+      {:ok, pools} -> {:ok, %{config | pools: Enum.reverse(pools)}}
+      error -> error
+    end
+  end
+end

@@ -1,0 +1,100 @@
+defmodule Snakepit.Pool.Call do
+  @moduledoc false
+  # The unary request path, run entirely in the caller process:
+  #
+  #   lookup pool (persistent_term) -> Native.pool_submit (returns at once)
+  #   -> receive {:snakepit_reply, ref, result} | after timeout: pool_cancel + flush
+  #
+  # No GenServer is involved; the NIF monitors the caller itself, so a caller that dies
+  # mid-request is cancelled without help from Elixir.
+
+  alias Snakepit.{Error, Native, Pool}
+  alias Snakepit.Pool.Options
+
+  @spec execute(String.t(), term(), keyword()) :: {:ok, term()} | {:error, Error.t()}
+  def execute(command, args, opts) do
+    started = System.monotonic_time()
+    pool_name = Options.pool_name(opts)
+    meta = %{command: command, pool: Pool, pool_name: pool_name}
+
+    result =
+      with {:ok, {resource, config}} <- Pool.lookup(pool_name),
+           :ok <- initialized(config),
+           {:ok, timeout} <- timeout(opts, config.request_timeout),
+           {:ok, args} <- Options.args(args),
+           {:ok, args, nif_opts} <- Options.build(args, opts, timeout, false),
+           ref = make_ref(),
+           {:ok, request_id} <- Native.pool_submit(resource, ref, command, args, nif_opts) do
+        await(resource, ref, request_id, timeout, command)
+      end
+
+    result = Error.normalize_public_result(result, meta)
+    emit(started, command, pool_name, result)
+    result
+  end
+
+  @doc false
+  @spec initialized(map()) :: :ok | {:error, :pool_not_initialized}
+  def initialized(config) do
+    # A pool whose workers all failed to start answers at once instead of queueing until the
+    # queue timeout (upstream v0.12+ behaviour).
+    if Pool.status(config) == :init_failed, do: {:error, :pool_not_initialized}, else: :ok
+  end
+
+  @doc false
+  @spec timeout(keyword(), timeout()) :: {:ok, timeout()} | {:error, term()}
+  def timeout(opts, default) do
+    case Keyword.get(opts, :timeout) do
+      nil -> {:ok, default}
+      :infinity -> {:ok, :infinity}
+      ms when is_integer(ms) and ms >= 0 -> {:ok, ms}
+      other -> {:error, {:invalid_parameter, :timeout, other}}
+    end
+  end
+
+  defp await(resource, ref, request_id, timeout, command) do
+    receive do
+      # The NIF enforces the same deadline (timeout_ms) and may answer just before `after`
+      # fires; both mean the caller's timeout passed, so both give the same error.
+      {:snakepit_reply, ^ref, {:error, {:grpc, :deadline_exceeded, _}}} ->
+        {:error, timeout_error(timeout, command)}
+
+      {:snakepit_reply, ^ref, result} ->
+        result
+    after
+      timeout ->
+        Native.pool_cancel(resource, request_id)
+        flush(ref)
+        {:error, timeout_error(timeout, command)}
+    end
+  end
+
+  @doc false
+  @spec timeout_error(timeout(), String.t()) :: Error.t()
+  def timeout_error(timeout, command) do
+    Error.timeout_error("Pool execute timed out", %{timeout_ms: timeout, command: command})
+  end
+
+  # A reply that raced the timeout must not stay in the caller's mailbox.
+  @doc false
+  @spec flush(reference()) :: :ok
+  def flush(ref) do
+    receive do
+      {:snakepit_reply, ^ref, _} -> flush(ref)
+      {:snakepit_chunk, ^ref, _, _, _} -> flush(ref)
+    after
+      0 -> :ok
+    end
+  end
+
+  defp emit(started, command, pool_name, result) do
+    Snakepit.Telemetry.execute(
+      [:snakepit, :request, :executed],
+      %{
+        duration_us:
+          System.convert_time_unit(System.monotonic_time() - started, :native, :microsecond)
+      },
+      %{pool: pool_name, worker_id: nil, command: command, success: match?({:ok, _}, result)}
+    )
+  end
+end

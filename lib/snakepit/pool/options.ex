@@ -1,0 +1,109 @@
+defmodule Snakepit.Pool.Options do
+  @moduledoc false
+  # Turns the caller's keyword options into the NIF `opts` map of pool_submit/5
+  # (docs/ARCHITECTURE.md): session_id, affinity, timeout_ms, binary_parameters, metadata,
+  # stream, stream_window. Pure, so it is unit tested without a pool.
+
+  alias Snakepit.Config
+
+  @stream_window 16
+
+  @doc false
+  @spec pool_name(keyword()) :: atom() | String.t()
+  def pool_name(opts) do
+    case Keyword.get(opts, :pool_name) do
+      nil -> pool_from_server_option(Keyword.get(opts, :pool))
+      name -> name
+    end
+  end
+
+  # `pool:` is upstream's pool *server*; when it names a configured pool, use that pool.
+  defp pool_from_server_option(pool) when is_atom(pool) and pool not in [nil, Snakepit.Pool] do
+    if pool in Snakepit.Pool.pool_names(), do: pool, else: Snakepit.Pool.default_pool()
+  end
+
+  defp pool_from_server_option(_), do: Snakepit.Pool.default_pool()
+
+  @doc false
+  # Keyword lists are accepted as args for convenience; the NIF reports invalid values by path.
+  @spec args(term()) :: {:ok, map()} | {:error, term()}
+  def args(args) when is_map(args), do: {:ok, args}
+  def args([]), do: {:ok, %{}}
+
+  def args(args) when is_list(args) do
+    if Keyword.keyword?(args),
+      do: {:ok, Map.new(args)},
+      else: {:error, {:invalid_parameter, :args, :not_a_map}}
+  end
+
+  def args(_), do: {:error, {:invalid_parameter, :args, :not_a_map}}
+
+  @doc false
+  # Returns the args with `correlation_id` removed (it travels as request metadata, as upstream)
+  # and the NIF opts map.
+  @spec build(map(), keyword(), timeout(), boolean()) :: {:ok, map(), map()} | {:error, term()}
+  def build(args, opts, timeout, stream?) do
+    {arg_correlation, args} = pop_correlation_id(args)
+
+    with {:ok, binaries} <- binary_parameters(Keyword.get(opts, :binary_parameters, %{})),
+         {:ok, session_id} <- session_id(Keyword.get(opts, :session_id)) do
+      correlation_id =
+        Keyword.get(opts, :correlation_id) || arg_correlation || generate_correlation_id()
+
+      metadata =
+        %{"correlation_id" => to_string(correlation_id)}
+        |> put_thread_sensitive(Keyword.get(opts, :thread_sensitive, false))
+
+      nif_opts = %{
+        session_id: session_id,
+        affinity: Config.parse_affinity(Keyword.get(opts, :affinity)),
+        timeout_ms: timeout,
+        binary_parameters: binaries,
+        metadata: metadata,
+        stream: stream?,
+        stream_window: Keyword.get(opts, :stream_window, @stream_window)
+      }
+
+      {:ok, args, nif_opts}
+    end
+  end
+
+  defp pop_correlation_id(args) do
+    {atom_value, args} = Map.pop(args, :correlation_id)
+    {string_value, args} = Map.pop(args, "correlation_id")
+    {atom_value || string_value, args}
+  end
+
+  defp binary_parameters(params) when is_map(params) or is_list(params) do
+    Enum.reduce_while(params, {:ok, %{}}, fn {key, value}, {:ok, acc} ->
+      if is_binary(value),
+        do: {:cont, {:ok, Map.put(acc, to_string(key), value)}},
+        else: {:halt, {:error, {:invalid_parameter, key, :not_binary}}}
+    end)
+  end
+
+  defp binary_parameters(nil), do: {:ok, %{}}
+  defp binary_parameters(other), do: {:error, {:invalid_parameter, :binary_parameters, other}}
+
+  defp session_id(nil), do: {:ok, nil}
+  defp session_id(id) when is_binary(id), do: {:ok, id}
+  defp session_id(id) when is_atom(id) or is_integer(id), do: {:ok, to_string(id)}
+  defp session_id(id), do: {:error, {:invalid_parameter, :session_id, id}}
+
+  defp put_thread_sensitive(metadata, flag) when flag in [true, "true"],
+    do: Map.put(metadata, "thread_sensitive", "true")
+
+  defp put_thread_sensitive(metadata, _), do: metadata
+
+  # A random UUID v4 string; upstream generates one per request.
+  defp generate_correlation_id do
+    <<a::48, _::4, b::12, _::2, c::62>> = :rand.bytes(16)
+    <<u0::32, u1::16, u2::16, u3::16, u4::48>> = <<a::48, 4::4, b::12, 2::2, c::62>>
+
+    [u0, u1, u2, u3, u4]
+    |> Enum.zip([8, 4, 4, 4, 12])
+    |> Enum.map_join("-", fn {v, width} ->
+      v |> Integer.to_string(16) |> String.downcase() |> String.pad_leading(width, "0")
+    end)
+  end
+end
