@@ -3,8 +3,9 @@
 use proptest::prelude::*;
 use prost_types::Any;
 use snakepit_core::codec::{
-    build_request, chunk_payload, decode_json, decode_response, encode_json, python_error,
-    python_error_from_status, CallSpec, ChunkPayload, SpecialFloat, ToolResult, Value,
+    build_request, build_request_limited, chunk_payload, decode_json, decode_response, encode_json,
+    encode_json_limited, python_error, python_error_from_status, CallSpec, ChunkPayload,
+    SpecialFloat, ToolResult, Value, MAX_DEPTH,
 };
 use snakepit_core::pb::ExecuteToolResponse;
 
@@ -176,6 +177,78 @@ fn request_errors_name_the_argument() {
     })
     .unwrap_err();
     assert_eq!(err.path, "payload.x[0]");
+}
+
+#[test]
+fn the_size_bound_is_exact_and_names_the_path() {
+    let v = map(vec![(
+        "a",
+        Value::List(vec![Value::str("xy"), Value::Int(7)]),
+    )]);
+    let exact = json(&v);
+    assert_eq!(exact, r#"{"a":["xy",7]}"#);
+    assert_eq!(
+        encode_json_limited(&v, "arg", exact.len()).expect("fits"),
+        exact.as_bytes()
+    );
+    let err = encode_json_limited(&v, "arg", exact.len() - 1).unwrap_err();
+    assert!(err.message.contains("exceed"), "{}", err.message);
+    assert!(err.message.contains("max_message_bytes"), "{}", err.message);
+    assert!(err.path.starts_with("arg"), "{}", err.path);
+    // A big string is refused before it is copied, at its own path.
+    let big = map(vec![("k", Value::Str("z".repeat(1 << 20)))]);
+    let err = encode_json_limited(&big, "p", 1_000).unwrap_err();
+    assert_eq!(err.path, "p.k");
+}
+
+#[test]
+fn escaping_counts_towards_the_bound() {
+    // 10 control characters take 6 bytes each once escaped.
+    let v = Value::Str("\u{1}".repeat(10));
+    let exact = json(&v).len();
+    assert_eq!(exact, 62);
+    assert!(encode_json_limited(&v, "", exact).is_ok());
+    assert!(encode_json_limited(&v, "", 20).is_err());
+}
+
+#[test]
+fn requests_over_the_bound_are_refused_early() {
+    let spec = |blob: usize, text: usize| CallSpec {
+        tool_name: "t".into(),
+        args: vec![
+            ("a".into(), Value::Int(1)),
+            ("b".into(), Value::Str("x".repeat(text))),
+        ],
+        binary_parameters: vec![("blob".into(), vec![0; blob])],
+        ..CallSpec::default()
+    };
+    // 100 raw bytes + "1" + quoted 10 bytes = 113.
+    assert!(build_request_limited(spec(100, 10), 113).is_ok());
+    let err = build_request_limited(spec(100, 11), 113).unwrap_err();
+    assert_eq!(err.path, "b");
+    let err = build_request_limited(spec(200, 0), 113).unwrap_err();
+    assert_eq!(err.path, "binary_parameters.blob");
+    assert!(
+        err.message.contains("max_message_bytes (113 bytes)"),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+fn nesting_is_bounded() {
+    let nest = |levels: usize| {
+        let mut v = Value::Nil;
+        for _ in 0..levels {
+            v = Value::List(vec![v]);
+        }
+        v
+    };
+    assert!(encode_json(&nest(MAX_DEPTH)).is_ok());
+    let err = encode_json(&nest(MAX_DEPTH + 1)).unwrap_err();
+    assert!(err.message.contains("nested deeper"), "{}", err.message);
+    // Deeper values are refused at the bound, not walked to the bottom.
+    assert!(encode_json(&nest(2_000)).is_err());
 }
 
 fn ok_response(result: &[u8], binary: &[u8]) -> ExecuteToolResponse {

@@ -64,15 +64,15 @@ struct Pool {
 }
 
 fn pool(scheduler: SchedulerConfig) -> Pool {
+    pool_with(EngineConfig {
+        scheduler,
+        ..EngineConfig::default()
+    })
+}
+
+fn pool_with(config: EngineConfig) -> Pool {
     let events = Arc::new(Events::default());
-    let engine = Engine::new(
-        EngineConfig {
-            scheduler,
-            ..EngineConfig::default()
-        },
-        events.clone(),
-        tokio::runtime::Handle::current(),
-    );
+    let engine = Engine::new(config, events.clone(), tokio::runtime::Handle::current());
     Pool { engine, events }
 }
 
@@ -109,6 +109,7 @@ struct Opts {
     session: Option<&'static str>,
     affinity: Option<Affinity>,
     stream_window: Option<u32>,
+    retry: u32,
     dead: bool,
     panic_on_reply: bool,
     panic_on_chunk: bool,
@@ -144,6 +145,7 @@ fn submit(
             affinity: opts.affinity,
             timeout: opts.timeout,
             stream_window: opts.stream_window,
+            retry_on_crash: opts.retry,
         },
     )?;
     Ok(Call { rx, id })
@@ -621,5 +623,491 @@ fn dropping_the_engine_closes_it() {
     assert_eq!(
         outcome,
         Outcome::Error(ErrorReason::Pool(RejectReason::Closed))
+    );
+}
+
+// ----- worker crashes, retries, abandoned calls, drain -------------------------------------------
+
+fn exit_status(n: i64) -> Value {
+    Value::List(vec![Value::str("exit_status"), Value::Int(n)])
+}
+
+fn worker_exit(worker: &str, reason: Value) -> Outcome {
+    Outcome::Error(ErrorReason::WorkerExit {
+        worker: Arc::from(worker),
+        reason,
+    })
+}
+
+fn verdict(ms: u64) -> EngineConfig {
+    EngineConfig {
+        crash_verdict: Duration::from_millis(ms),
+        ..EngineConfig::default()
+    }
+}
+
+fn is_connection_error(o: &Outcome) -> bool {
+    matches!(
+        o,
+        Outcome::Error(ErrorReason::Grpc { code, .. })
+            if matches!(*code, "unavailable" | "unknown" | "internal" | "cancelled" | "aborted" | "data_loss")
+    )
+}
+
+async fn running(worker: &FakeWorker, n: usize) {
+    eventually("calls running", || {
+        worker.observed.running.load(Ordering::SeqCst) == n
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_call_reaches_the_caller_with_the_exit_status() {
+    let worker = FakeWorker::start().await;
+    let p = pool_with(EngineConfig::default()); // crash_verdict 250 ms
+    p.engine.add_worker("w1", &worker.endpoint, 1).expect("add");
+    let mut call = submit(&p.engine, "sleep", sleep_args(5_000), Opts::default()).expect("submit");
+    running(&worker, 1).await;
+    let crashed = Instant::now();
+    worker.crash();
+    // The RPC has failed by now; the engine holds it for the owner's verdict.
+    assert!(call.quiet_for(60).await, "transport error not held");
+    p.engine.worker_down("w1", exit_status(139)).expect("down");
+    assert_eq!(call.reply().await, worker_exit("w1", exit_status(139)));
+    assert!(crashed.elapsed() < Duration::from_millis(500));
+    assert!(call.quiet_for(50).await);
+    eventually("request forgotten", || p.engine.tracked_requests() == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_verdict_the_transport_error_is_reported_after_the_window() {
+    let worker = FakeWorker::start().await;
+    let p = pool_with(verdict(200));
+    p.engine.add_worker("w1", &worker.endpoint, 1).expect("add");
+    let mut call = submit(&p.engine, "sleep", sleep_args(5_000), Opts::default()).expect("submit");
+    running(&worker, 1).await;
+    let crashed = Instant::now();
+    worker.crash();
+    let outcome = call.reply().await;
+    let waited = crashed.elapsed();
+    assert!(is_connection_error(&outcome), "{outcome:?}");
+    assert!(
+        waited >= Duration::from_millis(150) && waited < Duration::from_millis(1_500),
+        "{waited:?}"
+    );
+    // A late verdict changes nothing: one reply only.
+    p.engine.worker_down("w1", exit_status(137)).expect("down");
+    assert!(call.quiet_for(100).await);
+    eventually("request forgotten", || p.engine.tracked_requests() == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_verdict_reports_the_transport_error_at_once() {
+    let worker = FakeWorker::start().await;
+    let p = pool_with(verdict(0));
+    p.engine.add_worker("w1", &worker.endpoint, 1).expect("add");
+    let mut call = submit(&p.engine, "sleep", sleep_args(5_000), Opts::default()).expect("submit");
+    running(&worker, 1).await;
+    let crashed = Instant::now();
+    worker.crash();
+    let outcome = call.reply().await;
+    assert!(is_connection_error(&outcome), "{outcome:?}");
+    assert!(crashed.elapsed() < Duration::from_millis(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_errors_are_never_held() {
+    let worker = FakeWorker::start().await;
+    let p = pool_with(verdict(3_000));
+    p.engine.add_worker("w1", &worker.endpoint, 2).expect("add");
+    let started = Instant::now();
+    let mut fail = submit(&p.engine, "fail", vec![], Opts::default()).expect("submit");
+    assert!(matches!(
+        fail.reply().await,
+        Outcome::Error(ErrorReason::Python(_))
+    ));
+    let opts = Opts {
+        stream_window: Some(4),
+        ..Opts::default()
+    };
+    let mut raise = submit(&p.engine, "raise", vec![], opts).expect("submit");
+    assert!(matches!(
+        raise.reply().await,
+        Outcome::Error(ErrorReason::Python(_))
+    ));
+    let opts = Opts {
+        timeout: Some(Duration::from_millis(100)),
+        ..Opts::default()
+    };
+    let mut late = submit(&p.engine, "sleep", sleep_args(400), opts).expect("submit");
+    assert!(matches!(
+        late.reply().await,
+        Outcome::Error(ErrorReason::Grpc {
+            code: "deadline_exceeded",
+            ..
+        })
+    ));
+    assert!(started.elapsed() < Duration::from_millis(1_500));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_dispatched_to_a_dead_worker_also_waits_for_the_verdict() {
+    let worker = FakeWorker::start().await;
+    let p = pool_with(EngineConfig::default());
+    p.engine.add_worker("w1", &worker.endpoint, 1).expect("add");
+    worker.crash();
+    // The owner has not noticed yet: the call goes to the dead worker and fails to connect.
+    let mut call = submit(&p.engine, "echo", vec![], Opts::default()).expect("submit");
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    p.engine.worker_down("w1", exit_status(139)).expect("down");
+    assert_eq!(call.reply().await, worker_exit("w1", exit_status(139)));
+}
+
+/// Two workers; returns which of them runs the call in flight (and the other one).
+async fn serving<'a>(a: &'a FakeWorker, b: &'a FakeWorker) -> (&'a FakeWorker, &'a FakeWorker) {
+    let mut which = None;
+    eventually("call running", || {
+        which = if a.observed.running.load(Ordering::SeqCst) == 1 {
+            Some(true)
+        } else if b.observed.running.load(Ordering::SeqCst) == 1 {
+            Some(false)
+        } else {
+            None
+        };
+        which.is_some()
+    })
+    .await;
+    if which == Some(true) {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+fn name_of<'a>(w: &FakeWorker, a: &FakeWorker, names: (&'a str, &'a str)) -> &'a str {
+    if std::ptr::eq(w, a) {
+        names.0
+    } else {
+        names.1
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_call_is_retried_once_on_another_worker() {
+    let a = FakeWorker::start().await;
+    let b = FakeWorker::start().await;
+    let p = pool_with(EngineConfig::default());
+    p.engine.add_worker("wa", &a.endpoint, 1).expect("add");
+    p.engine.add_worker("wb", &b.endpoint, 1).expect("add");
+    let opts = Opts {
+        retry: 1,
+        ..Opts::default()
+    };
+    let mut call = submit(&p.engine, "sleep", sleep_args(300), opts).expect("submit");
+    let (dead, alive) = serving(&a, &b).await;
+    let dead_name = name_of(dead, &a, ("wa", "wb"));
+    dead.crash();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    p.engine
+        .worker_down(dead_name, exit_status(139))
+        .expect("down");
+    // The caller hears only the result of the second attempt.
+    let v = ok_value(call.reply().await);
+    assert_eq!(v.get("slept"), Some(&Value::Int(300)));
+    assert_eq!(
+        *alive.observed.calls.lock().expect("lock"),
+        vec!["sleep".to_owned()]
+    );
+    assert!(call.quiet_for(100).await);
+    assert_eq!(p.engine.retries(), 1);
+    eventually("request forgotten", || p.engine.tracked_requests() == 0).await;
+    assert_eq!(p.engine.stats().in_flight, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hint_session_moves_with_its_retry() {
+    let a = FakeWorker::start().await;
+    let b = FakeWorker::start().await;
+    let p = pool_with(EngineConfig::default());
+    p.engine.add_worker("wa", &a.endpoint, 1).expect("add");
+    p.engine.add_worker("wb", &b.endpoint, 1).expect("add");
+    let opts = Opts {
+        retry: 1,
+        session: Some("s1"),
+        ..Opts::default()
+    };
+    let mut call = submit(&p.engine, "sleep", sleep_args(200), opts).expect("submit");
+    let (dead, _) = serving(&a, &b).await;
+    let (dead_name, alive_name) = if std::ptr::eq(dead, &a) {
+        ("wa", "wb")
+    } else {
+        ("wb", "wa")
+    };
+    dead.crash();
+    p.engine
+        .worker_down(dead_name, exit_status(137))
+        .expect("down");
+    ok_value(call.reply().await);
+    assert_eq!(p.engine.session_worker("s1").as_deref(), Some(alive_name));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strict_session_is_never_moved_by_a_retry() {
+    let a = FakeWorker::start().await;
+    let b = FakeWorker::start().await;
+    let p = pool_with(EngineConfig::default());
+    p.engine.add_worker("wa", &a.endpoint, 1).expect("add");
+    p.engine.add_worker("wb", &b.endpoint, 1).expect("add");
+    let opts = Opts {
+        retry: 1,
+        session: Some("s1"),
+        affinity: Some(Affinity::StrictQueue),
+        ..Opts::default()
+    };
+    let mut call = submit(&p.engine, "sleep", sleep_args(300), opts).expect("submit");
+    let (dead, alive) = serving(&a, &b).await;
+    let dead_name = name_of(dead, &a, ("wa", "wb"));
+    dead.crash();
+    p.engine
+        .worker_down(dead_name, exit_status(139))
+        .expect("down");
+    assert_eq!(
+        call.reply().await,
+        Outcome::Error(ErrorReason::Pool(RejectReason::SessionWorkerUnavailable))
+    );
+    assert!(call.quiet_for(100).await);
+    assert!(alive.observed.calls.lock().expect("lock").is_empty());
+    assert_eq!(p.engine.retries(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_bounded() {
+    let a = FakeWorker::start().await;
+    let b = FakeWorker::start().await;
+    let p = pool_with(EngineConfig::default());
+    p.engine.add_worker("wa", &a.endpoint, 1).expect("add");
+    p.engine.add_worker("wb", &b.endpoint, 1).expect("add");
+    let opts = Opts {
+        retry: 1,
+        ..Opts::default()
+    };
+    let mut call = submit(&p.engine, "sleep", sleep_args(5_000), opts).expect("submit");
+    let (first, second) = serving(&a, &b).await;
+    let (first_name, second_name) = if std::ptr::eq(first, &a) {
+        ("wa", "wb")
+    } else {
+        ("wb", "wa")
+    };
+    first.crash();
+    p.engine
+        .worker_down(first_name, exit_status(139))
+        .expect("down");
+    running(second, 1).await;
+    assert!(call.quiet_for(20).await);
+    second.crash();
+    p.engine
+        .worker_down(second_name, exit_status(134))
+        .expect("down");
+    assert_eq!(
+        call.reply().await,
+        worker_exit(second_name, exit_status(134))
+    );
+    assert!(call.quiet_for(100).await);
+    assert_eq!(p.engine.retries(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_in_a_pool_of_one_waits_for_the_replacement() {
+    let old = FakeWorker::start().await;
+    let p = pool_with(EngineConfig::default());
+    p.engine.add_worker("w1", &old.endpoint, 1).expect("add");
+    let opts = Opts {
+        retry: 1,
+        ..Opts::default()
+    };
+    let mut call = submit(&p.engine, "sleep", sleep_args(100), opts).expect("submit");
+    running(&old, 1).await;
+    old.crash();
+    p.engine.worker_down("w1", exit_status(139)).expect("down");
+    // Queued until a worker is up again.
+    assert!(call.quiet_for(100).await);
+    assert_eq!(p.engine.stats().queue_len, 1);
+    let new = FakeWorker::start().await;
+    p.engine.add_worker("w1", &new.endpoint, 1).expect("re-add");
+    let v = ok_value(call.reply().await);
+    assert_eq!(v.get("slept"), Some(&Value::Int(100)));
+    assert_eq!(
+        *new.observed.calls.lock().expect("lock"),
+        vec!["sleep".to_owned()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_retry_reports_the_crash() {
+    let worker = FakeWorker::start().await;
+    let p = pool_with(EngineConfig::default());
+    p.engine.add_worker("w1", &worker.endpoint, 1).expect("add");
+    let opts = Opts {
+        retry: 1,
+        ..Opts::default()
+    };
+    let mut call = submit(&p.engine, "sleep", sleep_args(5_000), opts).expect("submit");
+    running(&worker, 1).await;
+    p.engine.close();
+    worker.crash();
+    p.engine.worker_down("w1", exit_status(139)).expect("down");
+    assert_eq!(call.reply().await, worker_exit("w1", exit_status(139)));
+    assert!(call.quiet_for(100).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_call_recycles_its_worker_and_the_queue_moves_to_the_replacement() {
+    let old = FakeWorker::start().await;
+    let p = pool(SchedulerConfig {
+        abandon_grace: Some(Duration::from_millis(150)),
+        ..SchedulerConfig::default()
+    });
+    p.engine.add_worker("w1", &old.endpoint, 1).expect("add");
+    // A Python call that hangs.
+    let mut hung = submit(&p.engine, "sleep", sleep_args(60_000), Opts::default()).expect("submit");
+    running(&old, 1).await;
+    let cancelled = Instant::now();
+    p.engine.cancel(hung.id);
+    let mut next = submit(&p.engine, "echo", vec![], Opts::default()).expect("submit");
+    assert_eq!(p.engine.stats().queue_len, 1);
+    eventually("recycle event", || {
+        !p.events.0.lock().expect("lock").is_empty()
+    })
+    .await;
+    assert!(cancelled.elapsed() >= Duration::from_millis(150));
+    assert_eq!(*p.events.0.lock().expect("lock"), vec!["w1".to_owned()]);
+    assert!(next.quiet_for(20).await, "ran on the hung worker");
+    // The owner replaces the process.
+    p.engine
+        .worker_down("w1", Value::str("recycled"))
+        .expect("down");
+    let new = FakeWorker::start().await;
+    p.engine.add_worker("w2", &new.endpoint, 1).expect("add");
+    let v = ok_value(next.reply().await);
+    assert_eq!(v.get("session_id"), Some(&Value::str("w2")));
+    assert!(hung.quiet_for(50).await);
+    eventually("requests forgotten", || p.engine.tracked_requests() == 0).await;
+    assert!(old.observed.calls.lock().expect("lock").len() == 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_status_tracks_what_is_left_after_close() {
+    let worker = FakeWorker::start().await;
+    let p = pool(SchedulerConfig::default());
+    p.engine.add_worker("w1", &worker.endpoint, 1).expect("add");
+    let mut a = submit(&p.engine, "sleep", sleep_args(300), Opts::default()).expect("submit");
+    let mut b = submit(&p.engine, "sleep", sleep_args(300), Opts::default()).expect("submit");
+    let s = p.engine.drain_status();
+    assert_eq!(
+        (s.in_flight, s.queued, s.awaiting_reply, s.closed),
+        (1, 1, 2, false)
+    );
+    p.engine.close();
+    assert_eq!(
+        b.reply().await,
+        Outcome::Error(ErrorReason::Pool(RejectReason::Closed))
+    );
+    let s = p.engine.drain_status();
+    assert_eq!(
+        (s.in_flight, s.queued, s.awaiting_reply, s.closed),
+        (1, 0, 1, true)
+    );
+    ok_value(a.reply().await);
+    eventually("drained", || {
+        let s = p.engine.drain_status();
+        s.in_flight == 0 && s.awaiting_reply == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_call_is_in_flight_but_awaits_no_reply() {
+    let worker = FakeWorker::start().await;
+    let p = pool(SchedulerConfig::default());
+    p.engine.add_worker("w1", &worker.endpoint, 1).expect("add");
+    let call = submit(&p.engine, "sleep", sleep_args(300), Opts::default()).expect("submit");
+    running(&worker, 1).await;
+    p.engine.cancel(call.id);
+    let s = p.engine.drain_status();
+    assert_eq!((s.in_flight, s.awaiting_reply), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_stream_gets_the_exit_status_and_is_never_retried() {
+    let a = FakeWorker::start().await;
+    let b = FakeWorker::start().await;
+    let p = pool_with(EngineConfig::default());
+    p.engine.add_worker("wa", &a.endpoint, 1).expect("add");
+    let opts = Opts {
+        stream_window: Some(1_000),
+        retry: 3,
+        ..Opts::default()
+    };
+    let args = vec![("n", Value::Int(1_000)), ("delay_ms", Value::Int(5))];
+    let mut s = submit(&p.engine, "count", args, opts).expect("submit");
+    assert!(matches!(s.next().await, Event::Chunk(_)));
+    p.engine.add_worker("wb", &b.endpoint, 1).expect("add");
+    a.crash();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    p.engine.worker_down("wa", exit_status(137)).expect("down");
+    loop {
+        match s.next().await {
+            Event::Chunk(_) => {}
+            Event::Reply(o) => {
+                assert_eq!(o, worker_exit("wa", exit_status(137)));
+                break;
+            }
+        }
+    }
+    assert!(s.quiet_for(100).await);
+    assert!(b.observed.calls.lock().expect("lock").is_empty());
+    assert_eq!(p.engine.retries(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_during_the_crash_hold_sends_nothing() {
+    let worker = FakeWorker::start().await;
+    let p = pool_with(verdict(2_000));
+    p.engine.add_worker("w1", &worker.endpoint, 1).expect("add");
+    let opts = Opts {
+        retry: 1,
+        ..Opts::default()
+    };
+    let mut call = submit(&p.engine, "sleep", sleep_args(5_000), opts).expect("submit");
+    running(&worker, 1).await;
+    worker.crash();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    p.engine.cancel(call.id);
+    assert_eq!(p.engine.drain_status().awaiting_reply, 0);
+    p.engine.worker_down("w1", exit_status(139)).expect("down");
+    assert!(call.quiet_for(100).await);
+    assert_eq!(p.engine.retries(), 0);
+    eventually("request forgotten", || p.engine.tracked_requests() == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crash_hold_ends_at_the_caller_deadline() {
+    let worker = FakeWorker::start().await;
+    let p = pool_with(verdict(5_000));
+    p.engine.add_worker("w1", &worker.endpoint, 1).expect("add");
+    let opts = Opts {
+        timeout: Some(Duration::from_millis(400)),
+        ..Opts::default()
+    };
+    let started = Instant::now();
+    let mut call = submit(&p.engine, "sleep", sleep_args(5_000), opts).expect("submit");
+    running(&worker, 1).await;
+    worker.crash();
+    let outcome = call.reply().await;
+    assert!(is_connection_error(&outcome), "{outcome:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(350) && waited < Duration::from_millis(2_000),
+        "{waited:?}"
     );
 }

@@ -36,6 +36,7 @@ rustler::atoms! {
     abandon_grace_ms,
     max_message_bytes,
     connect_timeout_ms,
+    crash_verdict_ms,
 
     // pool_submit opts keys.
     session_id,
@@ -44,6 +45,7 @@ rustler::atoms! {
     metadata,
     stream,
     stream_window,
+    retry_on_crash,
 
     // pool_workers / pool_stats keys.
     id,
@@ -70,4 +72,6 @@ rustler::atoms! {
     sessions,
     errors,
     monitored_callers,
+    awaiting_reply,
+    retries,
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rustler::types::atom;
 use rustler::{Atom, Encoder, Env, Error, LocalPid, MapIterator, NifResult, ResourceArc, Term};
-use snakepit_core::codec::{build_request, CallSpec, Value};
+use snakepit_core::codec::{build_request_limited, CallSpec, Value};
 use snakepit_core::engine::{Engine, SubmitRequest, WorkerError};
 use snakepit_core::scheduler::RequestId;
 
@@ -15,7 +15,9 @@ use crate::options::{engine_config, submit_opts, utf8, BadOption};
 use crate::pool::PoolResource;
 use crate::reply::{pool_reason, NifTarget, OwnerEvents, Registration};
 use crate::runtime::runtime;
-use crate::term_codec::{bytes_to_term, map_key, term_to_value, InvalidParameter};
+use crate::term_codec::{
+    bytes_to_term, key_label, map_key, term_to_value, Budget, InvalidParameter,
+};
 
 fn raise(env: Env<'_>, tag: Atom, bad: BadOption) -> Error {
     let key = Atom::from_str(env, bad.key)
@@ -122,17 +124,35 @@ fn pool_submit<'a>(
         Ok(name) => name,
         Err(_) => utf8(command, "command").map_err(|b| raise(env, atoms::invalid_option(), b))?,
     };
-    let args = match decode_args(arguments) {
+    // Sizes are checked before anything is copied or encoded: an oversized call is refused in
+    // time proportional to the bound, not to the argument.
+    let max_bytes = pool.engine.max_message_bytes();
+    let mut budget = Budget::new(max_bytes);
+    for (name, bin) in &opts.binary_parameters {
+        if let Err(message) = budget.charge(bin.len()) {
+            let path = format!("binary_parameters.{name}");
+            return Ok(invalid_parameter(env, InvalidParameter { path, message }));
+        }
+    }
+    let args = match decode_args(arguments, &mut budget) {
         Ok(args) => args,
         Err(e) => return Ok(invalid_parameter(env, e)),
     };
-    let call = match build_request(CallSpec {
-        tool_name,
-        args,
-        binary_parameters: opts.binary_parameters,
-        metadata: opts.metadata,
-        stream: opts.stream_window.is_some(),
-    }) {
+    let binary_parameters = opts
+        .binary_parameters
+        .iter()
+        .map(|(name, bin)| (name.clone(), bin.as_slice().to_vec()))
+        .collect();
+    let call = match build_request_limited(
+        CallSpec {
+            tool_name,
+            args,
+            binary_parameters,
+            metadata: opts.metadata,
+            stream: opts.stream_window.is_some(),
+        },
+        max_bytes,
+    ) {
         Ok(call) => call,
         Err(e) => {
             let e = InvalidParameter {
@@ -159,6 +179,7 @@ fn pool_submit<'a>(
         affinity: opts.affinity,
         timeout: opts.timeout,
         stream_window: opts.stream_window,
+        retry_on_crash: opts.retry_on_crash,
     };
     Ok(match pool.engine.submit(id, target, request) {
         Ok(id) => (atom::ok(), id.0).encode(env),
@@ -179,17 +200,20 @@ fn charge_timeslice(env: Env<'_>, call: &snakepit_core::pb::ExecuteToolRequest) 
     rustler::schedule::consume_timeslice(env, i32::try_from(percent).unwrap_or(100));
 }
 
-fn decode_args(args: Term<'_>) -> Result<Vec<(String, Value)>, InvalidParameter> {
+fn decode_args(
+    args: Term<'_>,
+    budget: &mut Budget,
+) -> Result<Vec<(String, Value)>, InvalidParameter> {
     let iter = MapIterator::new(args).ok_or_else(|| InvalidParameter {
         path: String::new(),
         message: "args must be a map".to_owned(),
     })?;
     iter.map(|(k, v)| {
         let key = map_key(k).map_err(|message| InvalidParameter {
-            path: String::new(),
+            path: key_label(k),
             message,
         })?;
-        let value = term_to_value(v, &key)?;
+        let value = term_to_value(v, &key, budget)?;
         Ok((key, value))
     })
     .collect()
@@ -222,6 +246,7 @@ fn pool_stream_ack(pool: ResourceArc<PoolResource>, request_id: u64, n: u64) -> 
 #[rustler::nif]
 fn pool_stats(env: Env<'_>, pool: ResourceArc<PoolResource>) -> Term<'_> {
     let s = pool.engine.stats();
+    let drain = pool.engine.drain_status();
     let available = s
         .workers
         .iter()
@@ -250,6 +275,8 @@ fn pool_stats(env: Env<'_>, pool: ResourceArc<PoolResource>) -> Term<'_> {
         // Upstream's `errors` counter was never incremented; kept for shape compatibility.
         (atoms::errors(), 0),
         (atoms::monitored_callers(), pool.monitored_callers() as u64),
+        (atoms::awaiting_reply(), drain.awaiting_reply as u64),
+        (atoms::retries(), pool.engine.retries()),
     ];
     Term::map_from_pairs(env, &pairs).unwrap_or_else(|_| Term::map_new(env))
 }

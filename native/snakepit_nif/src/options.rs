@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use rustler::types::atom;
 use rustler::{Atom, Binary, MapIterator, Term};
-use snakepit_core::engine::EngineConfig;
+use snakepit_core::engine::{EngineConfig, DEFAULT_ABANDON_GRACE};
 use snakepit_core::scheduler::{Affinity, SessionId};
 
 use crate::atoms;
@@ -83,7 +83,20 @@ pub fn engine_config(map: Term<'_>) -> Result<EngineConfig, BadOption> {
     if let Some(n) = non_neg(map, atoms::max_affinity_entries(), "max_affinity_entries")? {
         s.max_affinity_entries = usize::try_from(n).unwrap_or(usize::MAX);
     }
-    s.abandon_grace = millis(map, atoms::abandon_grace_ms(), "abandon_grace_ms")?;
+    // Missing: the default grace; explicit `nil`: never recycle.
+    s.abandon_grace = match map.map_get(atoms::abandon_grace_ms()) {
+        Err(_) => Some(DEFAULT_ABANDON_GRACE),
+        Ok(_) => millis(map, atoms::abandon_grace_ms(), "abandon_grace_ms")?,
+    };
+    if let Some(d) = millis(map, atoms::crash_verdict_ms(), "crash_verdict_ms")? {
+        if d > MAX_CRASH_VERDICT {
+            return Err(bad(
+                "crash_verdict_ms",
+                "expected a non-negative integer up to 60000",
+            ));
+        }
+        config.crash_verdict = d;
+    }
     if let Some(n) = non_neg(map, atoms::max_message_bytes(), "max_message_bytes")? {
         config.transport.max_message_bytes = usize::try_from(n).unwrap_or(usize::MAX);
     }
@@ -93,23 +106,29 @@ pub fn engine_config(map: Term<'_>) -> Result<EngineConfig, BadOption> {
     Ok(config)
 }
 
+/// Longest crash verdict accepted: it delays the error of a connection failure.
+const MAX_CRASH_VERDICT: Duration = Duration::from_secs(60);
+
 /// `pool_submit`'s opts.
-#[derive(Debug, Default)]
-pub struct SubmitOpts {
+#[derive(Default)]
+pub struct SubmitOpts<'a> {
     pub session: Option<SessionId>,
     pub affinity: Option<Affinity>,
     pub timeout: Option<Duration>,
-    pub binary_parameters: Vec<(String, Vec<u8>)>,
+    /// Borrowed from the caller's heap: sizes are checked before anything is copied.
+    pub binary_parameters: Vec<(String, Binary<'a>)>,
     pub metadata: Vec<(String, String)>,
     /// `Some(window)` for streaming calls.
     pub stream_window: Option<u32>,
+    /// Resubmissions after a lost worker (0: none).
+    pub retry_on_crash: u32,
 }
 
 /// Default number of un-acked chunks of a stream.
 pub const DEFAULT_STREAM_WINDOW: u32 = 16;
 
 /// Decodes `pool_submit`'s opts map (an empty map gives the defaults).
-pub fn submit_opts(map: Term<'_>) -> Result<SubmitOpts, BadOption> {
+pub fn submit_opts(map: Term<'_>) -> Result<SubmitOpts<'_>, BadOption> {
     if !map.is_map() {
         return Err(bad("opts", "expected a map"));
     }
@@ -132,7 +151,7 @@ pub fn submit_opts(map: Term<'_>) -> Result<SubmitOpts, BadOption> {
         for (k, v) in entries(t, "binary_parameters")? {
             let bin = Binary::from_term(v)
                 .map_err(|_| bad("binary_parameters", "values must be binaries"))?;
-            opts.binary_parameters.push((k, bin.as_slice().to_vec()));
+            opts.binary_parameters.push((k, bin));
         }
     }
     if let Some(t) = get(map, atoms::metadata()) {
@@ -156,6 +175,9 @@ pub fn submit_opts(map: Term<'_>) -> Result<SubmitOpts, BadOption> {
                 .ok_or_else(|| bad("stream_window", "expected a positive integer"))?,
         };
         opts.stream_window = Some(window);
+    }
+    if let Some(n) = non_neg(map, atoms::retry_on_crash(), "retry_on_crash")? {
+        opts.retry_on_crash = u32::try_from(n).unwrap_or(u32::MAX);
     }
     Ok(opts)
 }

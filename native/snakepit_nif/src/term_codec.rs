@@ -4,12 +4,45 @@ use std::str::FromStr;
 
 use rustler::types::atom;
 use rustler::{Atom, Binary, Encoder, Env, MapIterator, NewBinary, Term, TermType};
-use snakepit_core::codec::{SpecialFloat, Value};
+use snakepit_core::codec::{SpecialFloat, Value, MAX_DEPTH};
 
 use crate::atoms;
 
-/// Deeper terms are refused: the decoder recurses, and Python's JSON side has limits too.
-pub const MAX_DEPTH: usize = 128;
+/// A bound on the bytes a call may carry (`max_message_bytes`), charged while terms are decoded,
+/// so an oversized argument is refused before it is copied or encoded.
+///
+/// Each value is charged the least its JSON can take (a string its bytes plus quotes, an integer
+/// one digit, ...): the estimate never exceeds the real size, so nothing that fits is refused
+/// here; the encoder checks the exact size afterwards.
+pub struct Budget {
+    left: usize,
+    limit: usize,
+}
+
+impl Budget {
+    /// `limit` bytes in all.
+    pub fn new(limit: usize) -> Self {
+        Budget { left: limit, limit }
+    }
+
+    /// Takes `n` bytes, or fails with the message of an oversized call.
+    pub fn charge(&mut self, n: usize) -> Result<(), String> {
+        match self.left.checked_sub(n) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => Err(format!(
+                "call payload exceeds max_message_bytes ({} bytes)",
+                self.limit
+            )),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<(), Failure> {
+        self.charge(n).map_err(Failure::new)
+    }
+}
 
 /// A term that cannot be sent: `{:invalid_parameter, path, message}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,26 +103,42 @@ impl Failure {
 }
 
 /// Decodes an argument value; errors carry paths starting at `root` (the argument name).
-pub fn term_to_value(term: Term<'_>, root: &str) -> Result<Value, InvalidParameter> {
-    decode(term, 0).map_err(|f| f.at(root))
+pub fn term_to_value(
+    term: Term<'_>,
+    root: &str,
+    budget: &mut Budget,
+) -> Result<Value, InvalidParameter> {
+    decode(term, 0, budget).map_err(|f| f.at(root))
 }
 
-fn decode(term: Term<'_>, depth: usize) -> Result<Value, Failure> {
+fn decode(term: Term<'_>, depth: usize, budget: &mut Budget) -> Result<Value, Failure> {
     if depth > MAX_DEPTH {
         return Err(Failure::new(format!(
             "nested deeper than {MAX_DEPTH} levels"
         )));
     }
     match term.get_type() {
-        TermType::Atom => Ok(decode_atom(term)),
-        TermType::Integer => Ok(decode_integer(term)),
-        TermType::Float => term
-            .decode::<f64>()
-            .map(Value::float)
-            .map_err(|_| Failure::new("unreadable float")),
-        TermType::Binary => decode_string(term).map(Value::Str),
-        TermType::List => decode_list(term, depth),
-        TermType::Map => decode_map(term, depth),
+        TermType::Atom => {
+            let v = decode_atom(term);
+            budget.take(match &v {
+                Value::Str(s) => s.len() + 2,
+                _ => 4,
+            })?;
+            Ok(v)
+        }
+        TermType::Integer => {
+            budget.take(1)?;
+            Ok(decode_integer(term))
+        }
+        TermType::Float => {
+            budget.take(3)?;
+            term.decode::<f64>()
+                .map(Value::float)
+                .map_err(|_| Failure::new("unreadable float"))
+        }
+        TermType::Binary => decode_string(term, budget).map(Value::Str),
+        TermType::List => decode_list(term, depth, budget),
+        TermType::Map => decode_map(term, depth, budget),
         other => Err(Failure::new(format!("cannot encode {}", kind(other)))),
     }
 }
@@ -126,8 +175,10 @@ fn decode_integer(term: Term<'_>) -> Value {
     }
 }
 
-fn decode_string(term: Term<'_>) -> Result<String, Failure> {
+fn decode_string(term: Term<'_>, budget: &mut Budget) -> Result<String, Failure> {
     let bin = Binary::from_term(term).map_err(|_| Failure::new("cannot encode a bitstring"))?;
+    // Before any copy: a 200 MB binary over the bound costs nothing.
+    budget.take(bin.len().saturating_add(2))?;
     std::str::from_utf8(bin.as_slice())
         .map(str::to_owned)
         .map_err(|e| {
@@ -138,7 +189,8 @@ fn decode_string(term: Term<'_>) -> Result<String, Failure> {
         })
 }
 
-fn decode_list(term: Term<'_>, depth: usize) -> Result<Value, Failure> {
+fn decode_list(term: Term<'_>, depth: usize, budget: &mut Budget) -> Result<Value, Failure> {
+    budget.take(2)?;
     let mut items = Vec::new();
     let mut rest = term;
     loop {
@@ -149,12 +201,15 @@ fn decode_list(term: Term<'_>, depth: usize) -> Result<Value, Failure> {
             .list_get_cell()
             .map_err(|_| Failure::new("cannot encode an improper list"))?;
         let index = items.len();
-        items.push(decode(head, depth + 1).map_err(|f| f.within(Segment::Index(index)))?);
+        let item = (if index > 0 { budget.take(1) } else { Ok(()) })
+            .and_then(|()| decode(head, depth + 1, budget))
+            .map_err(|f| f.within(Segment::Index(index)))?;
+        items.push(item);
         rest = tail;
     }
 }
 
-fn decode_map(term: Term<'_>, depth: usize) -> Result<Value, Failure> {
+fn decode_map(term: Term<'_>, depth: usize, budget: &mut Budget) -> Result<Value, Failure> {
     let env = term.get_env();
     if let Ok(module) = term.map_get(atom::__struct__().to_term(env)) {
         let name = module.atom_to_string().unwrap_or_default();
@@ -163,10 +218,16 @@ fn decode_map(term: Term<'_>, depth: usize) -> Result<Value, Failure> {
         )));
     }
     let iter = MapIterator::new(term).ok_or_else(|| Failure::new("unreadable map"))?;
-    let mut entries = Vec::with_capacity(term.map_size().unwrap_or(0));
+    budget.take(2)?;
+    // Bounded: the budget, not the map's size, decides how many entries get decoded.
+    let mut entries = Vec::with_capacity(term.map_size().unwrap_or(0).min(1024));
     for (k, v) in iter {
-        let key = key_string(k)?;
-        let value = decode(v, depth + 1).map_err(|f| f.within(Segment::Key(key.clone())))?;
+        let key = key_string(k).map_err(|f| f.within(Segment::Key(key_label(k))))?;
+        // Quotes, colon and comma.
+        let value = budget
+            .take(key.len().saturating_add(4))
+            .and_then(|()| decode(v, depth + 1, budget))
+            .map_err(|f| f.within(Segment::Key(key.clone())))?;
         entries.push((key, value));
     }
     Ok(Value::Map(entries))
@@ -177,10 +238,33 @@ pub fn map_key(k: Term<'_>) -> Result<String, String> {
     key_string(k).map_err(|f| f.message)
 }
 
+/// A key that cannot be used, shown in an error path: lossy UTF-8 for binaries.
+pub fn key_label(k: Term<'_>) -> String {
+    match Binary::from_term(k) {
+        Ok(bin) => {
+            let bytes = bin.as_slice();
+            let shown = &bytes[..bytes.len().min(64)];
+            String::from_utf8_lossy(shown).into_owned()
+        }
+        Err(_) => format!("<{}>", kind(k.get_type())),
+    }
+}
+
 fn key_string(k: Term<'_>) -> Result<String, Failure> {
     match k.get_type() {
         TermType::Atom => Ok(k.atom_to_string().unwrap_or_default()),
-        TermType::Binary => decode_string(k),
+        TermType::Binary => {
+            let bin = Binary::from_term(k)
+                .map_err(|_| Failure::new("cannot encode a bitstring map key"))?;
+            std::str::from_utf8(bin.as_slice())
+                .map(str::to_owned)
+                .map_err(|e| {
+                    Failure::new(format!(
+                        "map key is not valid UTF-8 (at byte {})",
+                        e.valid_up_to()
+                    ))
+                })
+        }
         TermType::Integer => Ok(match decode_integer(k) {
             Value::Int(i) => i.to_string(),
             Value::BigInt(s) => s,

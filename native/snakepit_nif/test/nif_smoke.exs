@@ -71,7 +71,47 @@ defmodule Smoke do
         {"w#{i}", "unix:" <> sock, port}
       end
 
-    %{workers: workers}
+    %{workers: workers, dir: dir}
+  end
+
+  # A dedicated worker running the test suite's ContractAdapter (crash, segfault, sleep_ms).
+  defp start_worker(dir, id) do
+    root = Application.get_env(:smoke, :root)
+    python = System.get_env("SNAKEPIT_PYTHON", Path.join(root, ".venv/bin/python"))
+    sock = Path.join(dir, "#{id}.sock")
+    path = Enum.join([Path.join(root, "priv/python"), Path.join(root, "test/fixtures/python")], ":")
+
+    port =
+      Port.open({:spawn_executable, python}, [
+        :binary,
+        :exit_status,
+        {:line, 65536},
+        args: [
+          "-u",
+          "-m",
+          "snakepit_bridge.server",
+          "--adapter",
+          "snakepit_test_adapters.ContractAdapter",
+          "--socket",
+          sock,
+          "--worker-id",
+          id
+        ],
+        env: [{~c"PYTHONPATH", String.to_charlist(path)}]
+      ])
+
+    wait_ready(port)
+    {id, "unix:" <> sock, port}
+  end
+
+  # What the Elixir worker owner sees when its Python process dies.
+  defp await_exit(port) do
+    receive do
+      {^port, {:exit_status, s}} -> s
+      {^port, {:data, _}} -> await_exit(port)
+    after
+      5_000 -> flunk("worker did not exit")
+    end
   end
 
   defp wait_ready(port) do
@@ -288,6 +328,96 @@ defmodule Smoke do
     assert closed >= 1
     assert {:error, {:pool, :pool_closed}} = N.pool_submit(p, make_ref(), "ping", %{}, %{})
     wait_idle(p)
+  end
+
+  test "a crash mid-call reaches the caller with the exit status", %{dir: dir} do
+    {id, ep, port} = start_worker(dir, "seg")
+    p = N.pool_new(%{name: "crash"}, self())
+    :ok = N.pool_add_worker(p, id, ep, 1)
+    ref = make_ref()
+    {:ok, _} = N.pool_submit(p, ref, "segfault", %{}, %{})
+    status = await_exit(port)
+    t0 = System.monotonic_time(:millisecond)
+    :ok = N.pool_remove_worker(p, id, {:exit_status, status})
+
+    assert_receive {:snakepit_reply, ^ref, {:error, {:worker_exit, "seg", {:exit_status, ^status}}}},
+                   500
+
+    assert System.monotonic_time(:millisecond) - t0 < 500
+    assert status == 139
+    refute_receive {:snakepit_reply, ^ref, _}, 100
+  end
+
+  test "without a verdict a crash gives the gRPC error after the window", %{dir: dir} do
+    {id, ep, port} = start_worker(dir, "exit3")
+    p = N.pool_new(%{name: "crash2", crash_verdict_ms: 100}, self())
+    :ok = N.pool_add_worker(p, id, ep, 1)
+    ref = make_ref()
+    {:ok, _} = N.pool_submit(p, ref, "crash", %{code: 3}, %{})
+    assert await_exit(port) == 3
+    assert_receive {:snakepit_reply, ^ref, {:error, {:grpc, code, _}}}, 1_000
+    assert code in [:unavailable, :unknown, :internal, :cancelled]
+  end
+
+  test "an idempotent call is retried on another worker", %{dir: dir} do
+    {id, ep, port} = start_worker(dir, "r1")
+    {id2, ep2, _} = start_worker(dir, "r2")
+    p = N.pool_new(%{name: "retry"}, self())
+    :ok = N.pool_add_worker(p, id, ep, 1)
+    ref = make_ref()
+    {:ok, _} = N.pool_submit(p, ref, "sleep_ms", %{ms: 500}, %{retry_on_crash: 1})
+    Process.sleep(150)
+    :ok = N.pool_add_worker(p, id2, ep2, 1)
+    {:os_pid, os_pid} = Port.info(port, :os_pid)
+    System.cmd("kill", ["-9", Integer.to_string(os_pid)])
+    status = await_exit(port)
+    :ok = N.pool_remove_worker(p, id, {:exit_status, status})
+    assert_receive {:snakepit_reply, ^ref, {:ok, %{"slept_ms" => 500}}}, 3_000
+    refute_receive {:snakepit_reply, ^ref, _}, 100
+    assert %{retries: 1, awaiting_reply: 0} = N.pool_stats(p)
+  end
+
+  test "oversized, deep and malformed arguments are refused cheaply", %{workers: w} do
+    p = pool(w)
+    big = :binary.copy("a", 200 * 1024 * 1024)
+    {us, r} = :timer.tc(fn -> N.pool_submit(p, make_ref(), "echo", %{blob: big}, %{}) end)
+    assert {:error, {:invalid_parameter, "blob", msg}} = r
+    assert msg =~ "exceeds max_message_bytes"
+    assert us < 50_000
+
+    assert {:error, {:invalid_parameter, "binary_parameters.raw", _}} =
+             N.pool_submit(p, make_ref(), "echo", %{}, %{binary_parameters: %{"raw" => big}})
+
+    small = pool(w, %{max_message_bytes: 1000})
+    xs = Enum.to_list(1..1000)
+
+    assert {:error, {:invalid_parameter, "xs[" <> _, _}} =
+             N.pool_submit(small, make_ref(), "echo", %{xs: xs}, %{})
+
+    # Escaping grows this to 1802 bytes of JSON.
+    assert {:error, {:invalid_parameter, "s", _}} =
+             N.pool_submit(small, make_ref(), "echo", %{s: String.duplicate(<<1>>, 300)}, %{})
+
+    deep = Enum.reduce(1..200, 1, fn _, acc -> [acc] end)
+    assert {:error, {:invalid_parameter, _, msg}} = N.pool_submit(p, make_ref(), "echo", %{d: deep}, %{})
+    assert msg =~ "nested deeper"
+    ok_deep = Enum.reduce(1..100, 1, fn _, acc -> [acc] end)
+    {_, {:ok, _}} = call(p, "echo", %{d: ok_deep})
+
+    assert {:error, {:invalid_parameter, _, msg}} =
+             N.pool_submit(p, make_ref(), "echo", %{<<255>> => 1}, %{})
+
+    assert msg =~ "UTF-8"
+
+    assert {:error, {:invalid_parameter, "a." <> _, msg}} =
+             N.pool_submit(p, make_ref(), "echo", %{a: %{<<0xFF, 0xFE>> => 1}}, %{})
+
+    assert msg =~ "UTF-8"
+    assert_raise ErlangError, fn -> N.pool_new(%{crash_verdict_ms: 100_000}, self()) end
+
+    assert_raise ErlangError, fn ->
+      N.pool_submit(p, make_ref(), "echo", %{}, %{retry_on_crash: -1})
+    end
   end
 
   test "throughput", %{workers: w} do

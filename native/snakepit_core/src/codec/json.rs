@@ -61,71 +61,138 @@ fn join_path(prefix: &str, segments_inner_first: &[Segment<'_>]) -> String {
     path
 }
 
+/// Deepest nesting the encoder accepts (the root is level 0). The NIF refuses deeper terms with
+/// the same bound before encoding, and Python's JSON decoder has a limit of its own.
+pub const MAX_DEPTH: usize = 128;
+
 /// Encodes `value` as compact JSON.
 ///
 /// Non-finite floats become `{"__snakepit_float__": "nan"|"inf"|"-inf"}`; [`Value::Bytes`] is an
-/// error naming its path (relative to `value`, e.g. `"b[2]"`).
+/// error naming its path (relative to `value`, e.g. `"b[2]"`), and so is nesting deeper than
+/// [`MAX_DEPTH`].
 pub fn encode_json(value: &Value) -> Result<Vec<u8>, EncodeError> {
     encode_json_at(value, "")
 }
 
 /// Like [`encode_json`], with error paths prefixed by `root` (the parameter name).
 pub fn encode_json_at(value: &Value, root: &str) -> Result<Vec<u8>, EncodeError> {
-    let mut out = Vec::with_capacity(64);
-    write_value(&mut out, value).map_err(|f| EncodeError {
+    encode_bounded(value, root, usize::MAX, usize::MAX)
+}
+
+/// Like [`encode_json_at`], but fails as soon as the output would exceed `max_bytes`, naming the
+/// path where the bound was crossed; it never produces more than about `max_bytes` of output
+/// before giving up.
+pub fn encode_json_limited(
+    value: &Value,
+    root: &str,
+    max_bytes: usize,
+) -> Result<Vec<u8>, EncodeError> {
+    encode_bounded(value, root, max_bytes, max_bytes)
+}
+
+/// Encodes with at most `budget` bytes of output; a size error quotes `limit` (the bound the
+/// caller configured, of which `budget` may be what is left).
+pub(crate) fn encode_bounded(
+    value: &Value,
+    root: &str,
+    budget: usize,
+    limit: usize,
+) -> Result<Vec<u8>, EncodeError> {
+    let mut w = Writer {
+        out: Vec::with_capacity(64),
+        budget,
+        limit,
+    };
+    w.value(value, 0).map_err(|f| EncodeError {
         path: join_path(root, &f.segments),
         message: f.message,
     })?;
-    Ok(out)
+    Ok(w.out)
 }
 
-fn write_value<'a>(out: &mut Vec<u8>, value: &'a Value) -> Result<(), Failure<'a>> {
-    match value {
-        Value::Nil => out.extend_from_slice(b"null"),
-        Value::Bool(true) => out.extend_from_slice(b"true"),
-        Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Int(i) => write_display(out, i),
-        Value::BigInt(digits) => {
-            if !is_integer_literal(digits) {
-                return Err(fail(format!("malformed big integer {digits:?}")));
-            }
-            out.extend_from_slice(digits.as_bytes());
-        }
-        Value::Float(f) => match SpecialFloat::classify(*f) {
-            Some(s) => write_marker(out, s),
-            None => write_float(out, *f),
-        },
-        Value::SpecialFloat(s) => write_marker(out, *s),
-        Value::Str(s) => write_str(out, s),
-        Value::Bytes(_) => {
-            return Err(fail(
-                "raw bytes cannot be encoded as JSON (pass them with binary_parameters)".into(),
-            ))
-        }
-        Value::List(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_value(out, item).map_err(|f| f.within(Segment::Index(i)))?;
-            }
-            out.push(b']');
-        }
-        Value::Map(entries) => {
-            out.push(b'{');
-            for (i, (k, v)) in entries.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_str(out, k);
-                out.push(b':');
-                write_value(out, v).map_err(|f| f.within(Segment::Key(k)))?;
-            }
-            out.push(b'}');
+/// The message of a size error.
+pub(crate) fn too_large_message(limit: usize) -> String {
+    format!("call payload exceeds max_message_bytes ({limit} bytes) once encoded")
+}
+
+struct Writer {
+    out: Vec<u8>,
+    budget: usize,
+    limit: usize,
+}
+
+impl Writer {
+    /// Fails once the output is over budget (checked after each scalar and before each string).
+    #[inline]
+    fn check<'a>(&self, extra: usize) -> Result<(), Failure<'a>> {
+        if self.out.len().saturating_add(extra) > self.budget {
+            Err(fail(too_large_message(self.limit)))
+        } else {
+            Ok(())
         }
     }
-    Ok(())
+
+    fn value<'a>(&mut self, value: &'a Value, depth: usize) -> Result<(), Failure<'a>> {
+        if depth > MAX_DEPTH {
+            return Err(fail(format!("nested deeper than {MAX_DEPTH} levels")));
+        }
+        let out = &mut self.out;
+        match value {
+            Value::Nil => out.extend_from_slice(b"null"),
+            Value::Bool(true) => out.extend_from_slice(b"true"),
+            Value::Bool(false) => out.extend_from_slice(b"false"),
+            Value::Int(i) => write_display(out, i),
+            Value::BigInt(digits) => {
+                if !is_integer_literal(digits) {
+                    return Err(fail(format!("malformed big integer {digits:?}")));
+                }
+                self.check(digits.len())?;
+                self.out.extend_from_slice(digits.as_bytes());
+            }
+            Value::Float(f) => match SpecialFloat::classify(*f) {
+                Some(s) => write_marker(out, s),
+                None => write_float(out, *f),
+            },
+            Value::SpecialFloat(s) => write_marker(out, *s),
+            Value::Str(s) => {
+                // Escaping only grows a string: refuse before copying one that cannot fit.
+                self.check(s.len().saturating_add(2))?;
+                write_str(&mut self.out, s);
+            }
+            Value::Bytes(_) => {
+                return Err(fail(
+                    "raw bytes cannot be encoded as JSON (pass them with binary_parameters)".into(),
+                ))
+            }
+            Value::List(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        self.out.push(b',');
+                    }
+                    self.value(item, depth + 1)
+                        .map_err(|f| f.within(Segment::Index(i)))?;
+                }
+                self.out.push(b']');
+            }
+            Value::Map(entries) => {
+                out.push(b'{');
+                for (i, (k, v)) in entries.iter().enumerate() {
+                    if i > 0 {
+                        self.out.push(b',');
+                    }
+                    self.check(k.len().saturating_add(3))
+                        .map_err(|f| f.within(Segment::Key(k)))?;
+                    write_str(&mut self.out, k);
+                    self.out.push(b':');
+                    self.value(v, depth + 1)
+                        .map_err(|f| f.within(Segment::Key(k)))?;
+                }
+                self.out.push(b'}');
+            }
+        }
+        self.check(0)
+    }
 }
 
 impl<'a> Failure<'a> {

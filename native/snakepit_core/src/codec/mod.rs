@@ -8,10 +8,12 @@
 pub mod json;
 pub mod wire;
 
-pub use json::{decode_json, encode_json, DecodeError, EncodeError};
+pub use json::{
+    decode_json, encode_json, encode_json_limited, DecodeError, EncodeError, MAX_DEPTH,
+};
 pub use wire::{
-    build_request, chunk_payload, decode_response, python_error, python_error_from_status,
-    CallSpec, ChunkPayload, ToolResult,
+    build_request, build_request_limited, chunk_payload, decode_response, python_error,
+    python_error_from_status, CallSpec, ChunkPayload, ToolResult,
 };
 
 /// A float JSON cannot carry as a number.

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use prost_types::Any;
 
-use super::json::{decode_json, encode_json_at, EncodeError};
+use super::json::{decode_json, encode_bounded, too_large_message, EncodeError};
 use super::Value;
 use crate::pb::{ExecuteToolRequest, ExecuteToolResponse};
 
@@ -34,9 +34,33 @@ pub struct CallSpec {
 
 /// Encodes the arguments and builds the request. The error path starts with the argument name.
 pub fn build_request(spec: CallSpec) -> Result<ExecuteToolRequest, EncodeError> {
+    build_request_limited(spec, usize::MAX)
+}
+
+/// Like [`build_request`], but refuses a call whose payload (the raw `binary_parameters` plus the
+/// JSON of every argument) exceeds `max_bytes`, as soon as that is known: the binary parameters
+/// are measured first, then the arguments are encoded in order, each against what is left, so an
+/// oversized call costs at most about `max_bytes` of encoding. The error names the argument
+/// (`"name"`, `"name.key[3]"`) or binary parameter (`"binary_parameters.name"`) that crossed the
+/// bound. The protobuf envelope is not counted (the transport checks the exact size).
+pub fn build_request_limited(
+    spec: CallSpec,
+    max_bytes: usize,
+) -> Result<ExecuteToolRequest, EncodeError> {
+    let mut used: usize = 0;
+    for (name, bytes) in &spec.binary_parameters {
+        used = used.saturating_add(bytes.len());
+        if used > max_bytes {
+            return Err(EncodeError {
+                path: format!("binary_parameters.{name}"),
+                message: too_large_message(max_bytes),
+            });
+        }
+    }
     let mut parameters = HashMap::with_capacity(spec.args.len());
     for (name, value) in &spec.args {
-        let json = encode_json_at(value, name)?;
+        let json = encode_bounded(value, name, max_bytes.saturating_sub(used), max_bytes)?;
+        used = used.saturating_add(json.len());
         parameters.insert(
             name.clone(),
             Any {

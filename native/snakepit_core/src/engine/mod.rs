@@ -20,6 +20,25 @@
 //! pool owner replaces the process (whose `worker_down` then aborts the task). A stream is
 //! dropped at once instead, because the Python producer stops when the client goes away.
 //! Lost workers (`worker_down`) abort their tasks immediately.
+//!
+//! Worker crashes: when a Python worker dies, its in-flight RPCs fail at once with a
+//! connection-level error (`unavailable`, `unknown`, `cancelled`, `internal`, `aborted`,
+//! `data_loss` that is not a Python error payload), usually a few milliseconds before the pool
+//! owner sees the process exit and calls [`Engine::worker_down`]. Such an outcome is held for up to
+//! [`EngineConfig::crash_verdict`] (never past the caller's deadline), with the worker's slot still
+//! taken: if `worker_down` arrives meanwhile the caller gets [`ErrorReason::WorkerExit`] with the
+//! owner's reason (exit status included), else the original gRPC error. Application-level
+//! outcomes (results, Python exceptions, deadlines, oversized messages) are never held.
+//!
+//! Retries: a unary call submitted with [`SubmitRequest::retry_on_crash`] `> 0` whose worker is
+//! lost (a `WorkerLost`, i.e. `worker_down` while it runs or while its crash verdict is held) is
+//! resubmitted to the scheduler under the same request id instead of being answered: it runs on
+//! another worker (the lost one is gone from the scheduler), or queues until one is up. A call
+//! bound to its worker by a strict session is never moved: it gets
+//! [`RejectReason::SessionWorkerUnavailable`]. If the resubmission is refused (closed, saturated,
+//! deadline passed), the caller gets the `WorkerExit` it would have had. Every request still gets
+//! exactly one reply: each dispatch is an *attempt*, and the task of a superseded attempt can no
+//! longer touch the request.
 
 mod slot;
 mod state;
@@ -41,19 +60,40 @@ use crate::transport::{TransportConfig, WorkerClient};
 use slot::Slot;
 use state::{Pending, State, WorkerEntry};
 pub use types::{
-    Chunk, ErrorReason, Outcome, PoolEvents, ReplyTarget, SubmitRequest, WorkerError, WorkerInfo,
+    Chunk, DrainStatus, ErrorReason, Outcome, PoolEvents, ReplyTarget, SubmitRequest, WorkerError,
+    WorkerInfo,
 };
 
 /// Upper bound on stream credits held at once; `stream_ack` beyond it is clamped.
 const MAX_STREAM_CREDITS: usize = 1 << 20;
 
+/// Default of [`EngineConfig::crash_verdict`].
+pub const DEFAULT_CRASH_VERDICT: Duration = Duration::from_millis(250);
+
+/// Abandon grace the NIF applies when `pool_new` does not mention `abandon_grace_ms` (the
+/// scheduler's own default is "never").
+pub const DEFAULT_ABANDON_GRACE: Duration = Duration::from_secs(5);
+
 /// Configuration of one pool.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// Scheduler settings.
     pub scheduler: SchedulerConfig,
     /// Channel settings for every worker.
     pub transport: TransportConfig,
+    /// How long a connection-level RPC failure waits for the pool owner's `worker_down` before it
+    /// is reported as is (see the module docs). Zero: never held.
+    pub crash_verdict: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            scheduler: SchedulerConfig::default(),
+            transport: TransportConfig::default(),
+            crash_verdict: DEFAULT_CRASH_VERDICT,
+        }
+    }
 }
 
 /// One pool: scheduler, worker clients, in-flight requests and timers.
@@ -71,6 +111,7 @@ pub(crate) struct Inner<T: ReplyTarget> {
     wake: Arc<Notify>,
     next_request: AtomicU64,
     transport: TransportConfig,
+    crash_verdict: Duration,
 }
 
 impl<T: ReplyTarget> Engine<T> {
@@ -84,6 +125,7 @@ impl<T: ReplyTarget> Engine<T> {
             wake: wake.clone(),
             next_request: AtomicU64::new(1),
             transport: config.transport,
+            crash_verdict: config.crash_verdict,
         });
         handle.spawn(task::timer_loop(Arc::downgrade(&inner), wake));
         Engine { inner }
@@ -131,6 +173,14 @@ impl<T: ReplyTarget> Engine<T> {
                     }),
                     kill: None,
                     worker: None,
+                    session: request.session.clone(),
+                    affinity: request.affinity,
+                    retries_left: if request.stream_window.is_some() {
+                        0
+                    } else {
+                        request.retry_on_crash
+                    },
+                    attempt: 0,
                 },
             );
             let mut actions = Vec::new();
@@ -253,9 +303,41 @@ impl<T: ReplyTarget> Engine<T> {
         self.inner.lock().scheduler.delete_session(session);
     }
 
-    /// Rejects queued requests with `Closed` and refuses new ones; running calls finish.
+    /// Rejects queued requests with `Closed` and refuses new ones; running calls finish (watch
+    /// [`Engine::drain_status`] to know when).
     pub fn close(&self) {
         self.inner.close();
+    }
+
+    /// What is still running or waiting, for a graceful shutdown: after [`Engine::close`], wait
+    /// until `awaiting_reply` (or `in_flight`, to let abandoned calls end too) reaches 0 before
+    /// stopping the workers.
+    pub fn drain_status(&self) -> DrainStatus {
+        let (mut status, slots) = {
+            let state = self.inner.lock();
+            let stats = state.scheduler.stats();
+            let status = DrainStatus {
+                in_flight: stats.in_flight,
+                queued: stats.queue_len,
+                awaiting_reply: 0,
+                closed: state.closed,
+            };
+            let slots: Vec<_> = state.requests.values().map(|p| p.slot.clone()).collect();
+            (status, slots)
+        };
+        // Slots are looked at outside the engine lock: one may be busy sending a big reply.
+        status.awaiting_reply = slots.iter().filter(|s| s.is_open()).count();
+        status
+    }
+
+    /// Requests resubmitted after losing their worker (see `SubmitRequest::retry_on_crash`).
+    pub fn retries(&self) -> u64 {
+        self.inner.lock().retries
+    }
+
+    /// The pool's bound on one gRPC message (for callers that check sizes before submitting).
+    pub fn max_message_bytes(&self) -> usize {
+        self.inner.transport.max_message_bytes
     }
 
     /// Scheduler counters.

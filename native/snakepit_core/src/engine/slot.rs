@@ -42,6 +42,11 @@ impl<T: ReplyTarget> Slot<T> {
         }
     }
 
+    /// `true` while nobody replied and the caller did not cancel.
+    pub(crate) fn is_open(&self) -> bool {
+        self.lock().is_some()
+    }
+
     /// Drops the target without replying (the caller cancelled).
     pub(crate) fn discard(&self) {
         let target = self.lock().take();

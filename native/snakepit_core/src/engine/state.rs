@@ -14,7 +14,9 @@ use super::types::{ErrorReason, Outcome, ReplyTarget};
 use super::Inner;
 use crate::codec::Value;
 use crate::pb::ExecuteToolRequest;
-use crate::scheduler::{Action, RequestId, Scheduler, WorkerId};
+use crate::scheduler::{
+    Action, Affinity, RejectReason, RequestId, Scheduler, SessionId, Submit, WorkerId,
+};
 use crate::transport::WorkerClient;
 
 /// Everything behind the engine's lock.
@@ -28,6 +30,10 @@ pub(crate) struct State<T: ReplyTarget> {
     next_worker: u64,
     /// The wakeup the timer task currently sleeps towards.
     pub(crate) armed: Option<Instant>,
+    /// Requests resubmitted after losing their worker.
+    pub(crate) retries: u64,
+    /// `close` was called.
+    pub(crate) closed: bool,
 }
 
 /// A request the engine tracks.
@@ -40,8 +46,17 @@ pub(crate) struct Pending<T: ReplyTarget> {
     pub(crate) credits: Option<Arc<Semaphore>>,
     /// Aborts the running task (`Some` while dispatched).
     pub(crate) kill: Option<oneshot::Sender<()>>,
-    /// The worker running it, once dispatched.
+    /// The worker running it, once dispatched (`None` while queued).
     pub(crate) worker: Option<WorkerId>,
+    /// The caller's session and affinity override, for a resubmission.
+    pub(crate) session: Option<SessionId>,
+    pub(crate) affinity: Option<Affinity>,
+    /// Resubmissions left after a lost worker (0 for streams). While `> 0`, `job` is kept
+    /// (cloned at dispatch) so the call can be sent again.
+    pub(crate) retries_left: u32,
+    /// Dispatch generation: a resubmission bumps it, so the task of a superseded attempt cannot
+    /// complete or answer the request.
+    pub(crate) attempt: u32,
 }
 
 /// A worker that is up.
@@ -65,6 +80,8 @@ impl<T: ReplyTarget> State<T> {
             by_name: HashMap::new(),
             next_worker: 1,
             armed: None,
+            retries: 0,
+            closed: false,
         }
     }
 
@@ -112,16 +129,38 @@ impl<T: ReplyTarget> Inner<T> {
                         Some((name, reason)) => (name.clone(), reason.clone()),
                         None => (state.worker_name(worker), Value::str("worker_lost")),
                     };
-                    // The task stays tracked until it ends and `complete` is called.
-                    if let Some(p) = state.requests.get_mut(&request) {
-                        if let Some(kill) = p.kill.take() {
-                            let _ = kill.send(());
+                    let crash = Outcome::Error(ErrorReason::WorkerExit {
+                        worker: name,
+                        reason,
+                    });
+                    let default_affinity = state.scheduler.config().default_affinity;
+                    let Some(p) = state.requests.get_mut(&request) else {
+                        continue;
+                    };
+                    if let Some(kill) = p.kill.take() {
+                        let _ = kill.send(());
+                    }
+                    if p.retries_left == 0 || p.job.is_none() {
+                        // The task stays tracked until it ends (its `finish` then finds the
+                        // scheduler done with the request and sends nothing).
+                        out.push(Delivery::Reply(p.slot.clone(), crash));
+                        continue;
+                    }
+                    p.retries_left -= 1;
+                    let strict =
+                        p.session.is_some() && p.affinity.unwrap_or(default_affinity).is_strict();
+                    if strict {
+                        // Never moved: the session's worker is gone (a tombstone).
+                        if let Some(p) = state.requests.remove(&request) {
+                            out.push(Delivery::Reply(
+                                p.slot,
+                                Outcome::Error(ErrorReason::Pool(
+                                    RejectReason::SessionWorkerUnavailable,
+                                )),
+                            ));
                         }
-                        let outcome = Outcome::Error(ErrorReason::WorkerExit {
-                            worker: name,
-                            reason,
-                        });
-                        out.push(Delivery::Reply(p.slot.clone(), outcome));
+                    } else {
+                        self.resubmit(state, request, crash, now, out);
                     }
                 }
                 Action::CancelCall { request, .. } => {
@@ -145,6 +184,44 @@ impl<T: ReplyTarget> Inner<T> {
         self.rearm(state);
     }
 
+    /// Sends request `id`, whose worker was lost, through the scheduler again as a new attempt.
+    /// If the scheduler refuses it, the caller gets `fallback` (the `WorkerExit` it would have
+    /// had without a retry).
+    fn resubmit(
+        self: &Arc<Self>,
+        state: &mut State<T>,
+        id: RequestId,
+        fallback: Outcome,
+        now: Instant,
+        out: &mut Vec<Delivery<T>>,
+    ) {
+        let Some(p) = state.requests.get_mut(&id) else {
+            return;
+        };
+        p.attempt = p.attempt.wrapping_add(1);
+        p.worker = None;
+        p.kill = None;
+        let submit = Submit {
+            id,
+            session: p.session.clone(),
+            affinity: p.affinity,
+            deadline: p.deadline,
+        };
+        state.retries += 1;
+        let mut actions = Vec::new();
+        state.scheduler.submit(submit, now, &mut actions);
+        let refused = actions
+            .iter()
+            .position(|a| matches!(a, Action::Reject { request, .. } if *request == id));
+        if let Some(i) = refused {
+            actions.remove(i);
+            if let Some(p) = state.requests.remove(&id) {
+                out.push(Delivery::Reply(p.slot, fallback));
+            }
+        }
+        self.apply(state, actions, None, now, out);
+    }
+
     fn dispatch(
         self: &Arc<Self>,
         state: &mut State<T>,
@@ -164,7 +241,13 @@ impl<T: ReplyTarget> Inner<T> {
             self.apply(state, actions, None, now, out);
             return;
         };
-        let (Some((name, client)), Some(mut job)) = (client, pending.job.take()) else {
+        // A call that may be retried keeps its encoded request for the next attempt.
+        let job = if pending.retries_left > 0 {
+            pending.job.clone()
+        } else {
+            pending.job.take()
+        };
+        let (Some((name, client)), Some(mut job)) = (client, job) else {
             let slot = pending.slot.clone();
             state.requests.remove(&request);
             let mut actions = Vec::new();
@@ -184,6 +267,7 @@ impl<T: ReplyTarget> Inner<T> {
         pending.worker = Some(worker);
         let job = task::Job {
             id: request,
+            attempt: pending.attempt,
             client,
             call: job,
             deadline: pending.deadline,
@@ -249,13 +333,17 @@ impl<T: ReplyTarget> Inner<T> {
         }
     }
 
-    /// The RPC task of `id` ended with `outcome`: tell the scheduler, then answer the caller if
-    /// the scheduler says it is still waiting (and nobody answered already).
-    pub(crate) fn finish(self: &Arc<Self>, id: RequestId, outcome: Outcome) {
+    /// The RPC task of attempt `attempt` of `id` ended with `outcome`: tell the scheduler, then
+    /// answer the caller if the scheduler says it is still waiting (and nobody answered already).
+    /// A superseded attempt (the request was resubmitted meanwhile) changes nothing.
+    pub(crate) fn finish(self: &Arc<Self>, id: RequestId, attempt: u32, outcome: Outcome) {
         let now = Instant::now();
         let mut deliveries = Vec::new();
         let slot = {
             let mut state = self.lock();
+            if state.requests.get(&id).is_none_or(|p| p.attempt != attempt) {
+                return;
+            }
             let Some(pending) = state.requests.remove(&id) else {
                 return;
             };
@@ -318,6 +406,7 @@ impl<T: ReplyTarget> Inner<T> {
         let mut deliveries = Vec::new();
         {
             let mut state = self.lock();
+            state.closed = true;
             let mut actions = Vec::new();
             state.scheduler.close(now, &mut actions);
             self.apply(&mut state, actions, None, now, &mut deliveries);

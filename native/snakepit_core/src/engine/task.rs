@@ -19,6 +19,8 @@ use crate::transport::{TransportError, WorkerClient};
 /// A dispatched request, moved into its task.
 pub(crate) struct Job<T: ReplyTarget> {
     pub(crate) id: RequestId,
+    /// The dispatch generation (see `Pending::attempt`).
+    pub(crate) attempt: u32,
     pub(crate) client: WorkerClient,
     pub(crate) call: ExecuteToolRequest,
     pub(crate) deadline: Option<Instant>,
@@ -28,17 +30,36 @@ pub(crate) struct Job<T: ReplyTarget> {
     pub(crate) kill: oneshot::Receiver<()>,
 }
 
+/// How the work of a task ended.
+struct Ended {
+    outcome: Outcome,
+    /// A connection-level RPC failure: maybe the worker died (see [`connection_failure`]).
+    connection_failure: bool,
+}
+
+impl From<Outcome> for Ended {
+    fn from(outcome: Outcome) -> Self {
+        Ended {
+            outcome,
+            connection_failure: false,
+        }
+    }
+}
+
 /// Runs one request to its end and reports it with [`Inner::finish`], exactly once, whatever
 /// happens inside: a panic becomes an `internal` error outcome, a kill a `cancelled` one.
+/// A connection-level failure is held for the crash verdict first (see the module docs of
+/// `engine`): a `worker_down` meanwhile kills the task and answers the caller itself.
 pub(crate) async fn run<T: ReplyTarget>(inner: Arc<Inner<T>>, job: Job<T>) {
     let Job {
         id,
+        attempt,
         client,
         call,
         deadline,
         slot,
         credits,
-        kill,
+        mut kill,
     } = job;
     let work = async {
         match credits {
@@ -46,17 +67,42 @@ pub(crate) async fn run<T: ReplyTarget>(inner: Arc<Inner<T>>, job: Job<T>) {
             None => unary(&inner, id, &client, call, deadline, &slot).await,
         }
     };
-    let outcome = tokio::select! {
+    let ended = tokio::select! {
         biased;
         // Killed: the caller was already answered (worker lost or stream cancelled).
-        _ = kill => Outcome::grpc("cancelled", "call aborted"),
-        caught = AssertUnwindSafe(work).catch_unwind() => caught.unwrap_or_else(panic_outcome),
+        _ = &mut kill => None,
+        caught = AssertUnwindSafe(work).catch_unwind() => Some(match caught {
+            Ok(ended) => ended,
+            Err(payload) => Ended::from(panic_outcome(payload)),
+        }),
+    };
+    let outcome = match ended {
+        None => killed(),
+        Some(ended) if ended.connection_failure && !inner.crash_verdict.is_zero() => {
+            let now = Instant::now();
+            let mut until = now.checked_add(inner.crash_verdict).unwrap_or(now);
+            if let Some(d) = deadline {
+                until = until.min(d);
+            }
+            tokio::select! {
+                biased;
+                _ = &mut kill => killed(),
+                _ = tokio::time::sleep_until(until.into()) => ended.outcome,
+            }
+        }
+        Some(ended) => ended.outcome,
     };
     // Should bookkeeping itself panic, the caller still gets its one answer (the slot makes a
     // second one impossible).
-    if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| inner.finish(id, outcome))) {
+    let finished =
+        std::panic::catch_unwind(AssertUnwindSafe(|| inner.finish(id, attempt, outcome)));
+    if let Err(payload) = finished {
         slot.reply(panic_outcome(payload));
     }
+}
+
+fn killed() -> Outcome {
+    Outcome::grpc("cancelled", "call aborted")
 }
 
 fn panic_outcome(payload: Box<dyn Any + Send>) -> Outcome {
@@ -80,7 +126,7 @@ async fn unary<T: ReplyTarget>(
     call: ExecuteToolRequest,
     deadline: Option<Instant>,
     slot: &Slot<T>,
-) -> Outcome {
+) -> Ended {
     // No `grpc-timeout`: grpcio would answer DEADLINE_EXCEEDED while the tool keeps running.
     let rpc = client.execute(call, None);
     tokio::pin!(rpc);
@@ -93,13 +139,13 @@ async fn unary<T: ReplyTarget>(
     unary_outcome(rpc.await)
 }
 
-fn unary_outcome(result: Result<crate::pb::ExecuteToolResponse, TransportError>) -> Outcome {
+fn unary_outcome(result: Result<crate::pb::ExecuteToolResponse, TransportError>) -> Ended {
     match result {
-        Ok(resp) => match decode_response(resp) {
+        Ok(resp) => Ended::from(match decode_response(resp) {
             Ok(value) => Outcome::Ok(value),
             Err(payload) => Outcome::Error(ErrorReason::Python(payload)),
-        },
-        Err(e) => Outcome::Error(status_reason(e)),
+        }),
+        Err(e) => failure(e),
     }
 }
 
@@ -111,17 +157,17 @@ async fn stream<T: ReplyTarget>(
     deadline: Option<Instant>,
     slot: &Slot<T>,
     credits: &Semaphore,
-) -> Outcome {
+) -> Ended {
     let body = async {
         let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let mut chunks = match client.execute_stream(call, timeout).await {
             Ok(s) => s,
-            Err(e) => return Outcome::Error(status_reason(e)),
+            Err(e) => return failure(e),
         };
         loop {
             match credits.acquire().await {
                 Ok(permit) => permit.forget(),
-                Err(_) => return Outcome::grpc("cancelled", "stream closed"),
+                Err(_) => return Outcome::grpc("cancelled", "stream closed").into(),
             }
             match chunks.next().await {
                 Ok(Some(c)) => {
@@ -131,11 +177,11 @@ async fn stream<T: ReplyTarget>(
                         metadata: c.metadata.into_iter().collect(),
                     };
                     if !slot.chunk(chunk) {
-                        return Outcome::grpc("cancelled", "receiver gone");
+                        return Outcome::grpc("cancelled", "receiver gone").into();
                     }
                 }
-                Ok(None) => return Outcome::Done,
-                Err(e) => return Outcome::Error(status_reason(e)),
+                Ok(None) => return Outcome::Done.into(),
+                Err(e) => return failure(e),
             }
         }
     };
@@ -143,16 +189,35 @@ async fn stream<T: ReplyTarget>(
         None => body.await,
         Some(d) => tokio::time::timeout_at(d.into(), body)
             .await
-            .unwrap_or_else(|_| Outcome::grpc("deadline_exceeded", "caller deadline exceeded")),
+            .unwrap_or_else(|_| {
+                Outcome::grpc("deadline_exceeded", "caller deadline exceeded").into()
+            }),
     }
 }
 
-/// A Python exception that aborted a stream arrives as a status carrying the JSON payload.
-fn status_reason(e: TransportError) -> ErrorReason {
-    match python_error_from_status(&e.message) {
-        Some(payload) if matches!(e.code, "internal" | "unknown") => ErrorReason::Python(payload),
-        _ => e.into(),
+/// A failed RPC. A Python exception that aborted a stream arrives as a status carrying the JSON
+/// payload (an application error); see [`connection_failure`] for the rest.
+fn failure(e: TransportError) -> Ended {
+    if matches!(e.code, "internal" | "unknown") {
+        if let Some(payload) = python_error_from_status(&e.message) {
+            return Outcome::Error(ErrorReason::Python(payload)).into();
+        }
     }
+    Ended {
+        connection_failure: connection_failure(e.code),
+        outcome: Outcome::Error(e.into()),
+    }
+}
+
+/// The codes a dying worker produces on the client side: a refused or reset connection
+/// (`unavailable`), a connection closed mid-call or an HTTP/2 error (`unknown`, `internal`), a
+/// reset stream (`cancelled`, `aborted`), a truncated body (`data_loss`). Deadlines,
+/// `resource_exhausted` / `out_of_range` (message size) and the application codes are not.
+pub(crate) fn connection_failure(code: &str) -> bool {
+    matches!(
+        code,
+        "unavailable" | "unknown" | "internal" | "cancelled" | "aborted" | "data_loss"
+    )
 }
 
 /// Sleeps until the scheduler's next wakeup and ticks it; exits once the engine is gone.

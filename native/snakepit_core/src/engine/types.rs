@@ -90,7 +90,7 @@ pub trait PoolEvents: Send + Sync + 'static {
 }
 
 /// One request handed to [`super::Engine::submit`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SubmitRequest {
     /// The encoded call. `session_id` is set from `session`, or to the serving worker's name when
     /// there is no session.
@@ -103,6 +103,25 @@ pub struct SubmitRequest {
     pub timeout: Option<Duration>,
     /// `Some(window)`: streaming call with at most `window` chunks un-acked.
     pub stream_window: Option<u32>,
+    /// How many times a unary call whose worker is lost (`worker_down` while it runs, or during
+    /// the crash-verdict hold of a connection failure) is resubmitted instead of answered with
+    /// [`ErrorReason::WorkerExit`]. Only for calls not bound to a worker by a strict session
+    /// (those get [`RejectReason::SessionWorkerUnavailable`] instead); streams are never retried.
+    pub retry_on_crash: u32,
+}
+
+/// What is left to finish, as reported by [`super::Engine::drain_status`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainStatus {
+    /// RPCs running on workers (abandoned ones, whose caller is gone, included).
+    pub in_flight: usize,
+    /// Requests waiting in the queue.
+    pub queued: usize,
+    /// Requests whose caller still waits for its reply (queued, running, or held for a crash
+    /// verdict); 0 means no caller would lose an answer if the workers stopped now.
+    pub awaiting_reply: usize,
+    /// [`super::Engine::close`] was called.
+    pub closed: bool,
 }
 
 /// Errors of the worker management calls.

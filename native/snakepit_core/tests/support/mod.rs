@@ -21,9 +21,10 @@ use std::time::Duration;
 use prost_types::Any;
 use snakepit_core::pb::bridge_service_server::{BridgeService, BridgeServiceServer};
 use snakepit_core::pb::*;
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 /// What the fake worker observed.
@@ -51,6 +52,8 @@ pub struct FakeWorker {
     pub observed: Arc<Observed>,
     _dir: tempfile::TempDir,
     server: tokio::task::JoinHandle<()>,
+    /// A duplicate of every accepted connection, to cut them all like a dying process would.
+    connections: Arc<Mutex<Vec<std::os::unix::net::UnixStream>>>,
 }
 
 impl FakeWorker {
@@ -63,10 +66,17 @@ impl FakeWorker {
         let service = Service {
             observed: observed.clone(),
         };
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let conns = connections.clone();
+        let incoming = UnixListenerStream::new(listener).map(move |accepted| {
+            let std = accepted?.into_std()?;
+            conns.lock().expect("lock").push(std.try_clone()?);
+            UnixStream::from_std(std)
+        });
         let server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(BridgeServiceServer::new(service))
-                .serve_with_incoming(UnixListenerStream::new(listener))
+                .serve_with_incoming(incoming)
                 .await;
         });
         FakeWorker {
@@ -74,6 +84,16 @@ impl FakeWorker {
             observed,
             _dir: dir,
             server,
+            connections,
+        }
+    }
+
+    /// Dies like a killed process: stops listening (new connections are refused) and cuts every
+    /// open connection, so calls in flight fail at once on the client side.
+    pub fn crash(&self) {
+        self.server.abort();
+        for conn in self.connections.lock().expect("lock").drain(..) {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
         }
     }
 
