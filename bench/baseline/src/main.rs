@@ -2,22 +2,26 @@
 //!
 //! No scheduler, no BEAM, no codec: the request is built once (same shape as the NIF sends:
 //! one `Any{type_url: StringValue, value: <JSON>}` per parameter, a worker session id and a
-//! `correlation_id` metadata entry, `grpc-timeout` set) and cloned for every call. With several
-//! endpoints, callers take a free worker from a FIFO free list (capacity 1 per worker, like the
-//! pool's process profile), so the concurrency numbers are those of an ideal client-side pool.
+//! `correlation_id` metadata entry, no `grpc-timeout` unless `--timeout-ms` is given) and cloned
+//! for every call. With several endpoints, callers take a free worker from a FIFO free list
+//! (capacity 1 per worker, like the pool's process profile), so the concurrency numbers are those
+//! of an ideal client-side pool.
 //!
 //! ```text
 //! snakepit_bench_baseline --endpoints unix:/tmp/x/w1.sock[,unix:/tmp/x/w2.sock...]
 //!     [--tool ping] [--param name=<json>]... [--warmup 200] [--sequential 2000]
-//!     [--concurrency 1,4,16,32,64] [--calls 2000] [--threads 2] [--timeout-ms 300000]
+//!     [--concurrency 1,4,16,32,64] [--calls 2000] [--threads 2] [--timeout-ms 0]
 //!     [--samples] [--quiet] [--serve]
 //! ```
 //!
 //! Prints one JSON object on stdout (latencies in microseconds); progress goes to stderr.
 //! With `--serve` it stays up after the warm-up, prints `ready`, and runs one command per stdin
-//! line (`seq N`: N sequential calls with raw samples; `level C N`: N calls from C callers),
+//! line (`seq N`: N sequential calls with raw samples; `spawn N`: the same calls handed from a
+//! plain thread to the runtime and back; `engine N`: the same calls through
+//! `snakepit_core::engine::Engine` from a plain thread; `level C N`: N calls from C callers),
 //! answering each with one JSON line, until stdin closes. The bench harness uses this to
-//! interleave short rounds of the baseline with rounds of Snakepit.
+//! interleave short rounds of the baseline with rounds of Snakepit, and to split Snakepit's
+//! added latency into thread hand-off, engine, and BEAM + NIF + Elixir.
 
 use std::collections::{HashMap, VecDeque};
 use std::process::ExitCode;
@@ -26,6 +30,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prost_types::Any;
+use snakepit_core::engine::{
+    Chunk, Engine, EngineConfig, Outcome, PoolEvents, ReplyTarget, SubmitRequest,
+};
 use snakepit_core::pb::bridge_service_client::BridgeServiceClient;
 use snakepit_core::pb::ExecuteToolRequest;
 use tokio::sync::Semaphore;
@@ -49,6 +56,7 @@ struct Options {
     samples: bool,
     quiet: bool,
     serve: bool,
+    engine_timeout: Option<Duration>,
 }
 
 impl Default for Options {
@@ -62,11 +70,13 @@ impl Default for Options {
             concurrency: vec![1, 4, 16, 32, 64],
             calls: 2000,
             threads: 2,
-            timeout: Some(Duration::from_millis(300_000)),
+            timeout: None,
             connect_wait: Duration::from_secs(10),
             samples: false,
             quiet: false,
             serve: false,
+            // Snakepit's default request timeout, as the NIF passes it to the engine.
+            engine_timeout: Some(Duration::from_millis(300_000)),
         }
     }
 }
@@ -76,7 +86,7 @@ const USAGE: &str =
 [--param name=<json>]... [--warmup N] [--sequential N] [--concurrency 1,4,16] [--calls N] \
 [--threads N] [--timeout-ms N (0 = none)] [--connect-wait-ms N] [--samples (raw sequential \
 latencies in the output)] [--quiet (no progress on stderr)] [--serve (commands on stdin: \
-`seq N`, `level C N`; one JSON line each)]";
+`seq N`, `spawn N`, `engine N`, `level C N`; one JSON line each)]";
 
 fn parse_args() -> Result<Options, String> {
     let mut o = Options::default();
@@ -354,6 +364,102 @@ async fn run_level(pool: &Arc<Pool>, callers: usize, total: usize) -> Summary {
     Summary::new(samples, errors, started.elapsed())
 }
 
+/// The "engine" tier: the same calls through `snakepit_core::engine::Engine` (scheduler, request
+/// table, timers, reply hand-off) driven from a plain thread that blocks for the reply, the way a
+/// BEAM scheduler thread submits through the NIF. Compared with the direct tonic calls it shows
+/// what the core engine adds; compared with Snakepit it shows what the BEAM + NIF + Elixir add.
+struct ChannelTarget(std::sync::mpsc::SyncSender<Outcome>);
+
+impl ReplyTarget for ChannelTarget {
+    fn reply(self, outcome: Outcome) {
+        let _ = self.0.send(outcome);
+    }
+
+    fn chunk(&mut self, _chunk: Chunk) -> bool {
+        false
+    }
+}
+
+struct NoEvents;
+
+impl PoolEvents for NoEvents {
+    fn recycle_worker(&self, _worker: &str) {}
+}
+
+fn engine_new(
+    rt: &tokio::runtime::Runtime,
+    endpoints: &[String],
+) -> Result<Engine<ChannelTarget>, String> {
+    let engine = Engine::new(
+        EngineConfig::default(),
+        Arc::new(NoEvents),
+        rt.handle().clone(),
+    );
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        engine
+            .add_worker(&format!("engine_worker_{i}"), endpoint, 1)
+            .map_err(|e| format!("engine add_worker {endpoint}: {e}"))?;
+    }
+    Ok(engine)
+}
+
+/// `n` sequential calls through the engine from the current (non-tokio) thread; samples in µs.
+fn engine_sequential(
+    engine: &Engine<ChannelTarget>,
+    request: &ExecuteToolRequest,
+    timeout: Option<Duration>,
+    n: usize,
+) -> Summary {
+    let started = Instant::now();
+    let mut samples = Vec::with_capacity(n);
+    let mut errors = 0;
+    for i in 0..n {
+        let t = Instant::now();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let mut call = request.clone();
+        call.metadata
+            .insert("correlation_id".to_owned(), format!("engine-{i}"));
+        let id = engine.reserve_id();
+        let submitted = engine.submit(
+            id,
+            ChannelTarget(tx),
+            SubmitRequest {
+                call,
+                timeout,
+                ..SubmitRequest::default()
+            },
+        );
+        let ok = submitted.is_ok() && matches!(rx.recv(), Ok(Outcome::Ok(_)));
+        if ok {
+            samples.push(t.elapsed().as_secs_f64() * 1e6);
+        } else {
+            errors += 1;
+        }
+    }
+    Summary::new(samples, errors, started.elapsed())
+}
+
+/// `n` sequential direct calls, each spawned onto the runtime from the current (non-tokio) thread,
+/// which blocks for the result: the thread hand-off alone, without the engine.
+fn spawn_sequential(rt: &tokio::runtime::Runtime, pool: &Arc<Pool>, n: usize) -> Summary {
+    let started = Instant::now();
+    let mut samples = Vec::with_capacity(n);
+    let mut errors = 0;
+    for _ in 0..n {
+        let t = Instant::now();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let p = pool.clone();
+        rt.spawn(async move {
+            let _ = tx.send(p.call().await);
+        });
+        match rx.recv() {
+            Ok(Ok(_)) => samples.push(t.elapsed().as_secs_f64() * 1e6),
+            _ => errors += 1,
+        }
+    }
+    Summary::new(samples, errors, started.elapsed())
+}
+
 async fn setup(o: &Options) -> Result<Arc<Pool>, String> {
     let mut clients = Vec::with_capacity(o.endpoints.len());
     for ep in &o.endpoints {
@@ -451,9 +557,12 @@ fn summary_json(s: &Summary, workers: usize, samples: bool) -> String {
 }
 
 /// `--serve`: after connecting and warming up, print `ready`, then answer one command per stdin
-/// line with one JSON line on stdout, until EOF:
-/// `seq N` (N sequential calls, raw samples included) or `level C N` (N calls, C callers).
+/// line with one JSON line on stdout, until EOF: `seq N` (N sequential calls, raw samples
+/// included), `spawn N` (the same, each call spawned from this non-tokio thread, which blocks for
+/// the result), `engine N` (N sequential calls through the core engine from this thread) or
+/// `level C N` (N calls, C callers).
 fn serve(rt: &tokio::runtime::Runtime, o: &Options, pool: &Arc<Pool>) -> Result<(), String> {
+    let mut engine = None;
     use std::io::{BufRead, Write};
     let workers = pool.clients.len();
     let mut out = std::io::stdout().lock();
@@ -479,6 +588,22 @@ fn serve(rt: &tokio::runtime::Runtime, o: &Options, pool: &Arc<Pool>) -> Result<
                     ("concurrency", c.to_string()),
                     ("workers", workers.to_string()),
                 ])
+            }
+            ["engine", n] => {
+                if engine.is_none() {
+                    let e = engine_new(rt, &o.endpoints)?;
+                    // Warm the engine's channels and tasks like the direct client was warmed.
+                    engine_sequential(&e, &pool.request, o.engine_timeout, o.warmup.max(1));
+                    engine = Some(e);
+                }
+                let e = engine.as_ref().expect("engine");
+                let summary =
+                    engine_sequential(e, &pool.request, o.engine_timeout, parse(n)?.max(1));
+                summary_json(&summary, workers, true)
+            }
+            ["spawn", n] => {
+                let summary = spawn_sequential(rt, pool, parse(n)?.max(1));
+                summary_json(&summary, workers, true)
             }
             ["quit"] => break,
             [] => continue,
