@@ -10,7 +10,7 @@
 //! ```text
 //! snakepit_bench_baseline --endpoints unix:/tmp/x/w1.sock[,unix:/tmp/x/w2.sock...]
 //!     [--tool ping] [--param name=<json>]... [--warmup 200] [--sequential 2000]
-//!     [--concurrency 1,4,16,32,64] [--calls 2000] [--threads 2] [--timeout-ms 0]
+//!     [--concurrency 1,4,16,32,64] [--calls 2000] [--threads 1] [--timeout-ms 0]
 //!     [--samples] [--quiet] [--serve]
 //! ```
 //!
@@ -69,7 +69,7 @@ impl Default for Options {
             sequential: 2000,
             concurrency: vec![1, 4, 16, 32, 64],
             calls: 2000,
-            threads: 2,
+            threads: 1,
             timeout: None,
             connect_wait: Duration::from_secs(10),
             samples: false,
@@ -84,7 +84,8 @@ impl Default for Options {
 const USAGE: &str =
     "usage: snakepit_bench_baseline --endpoints unix:/path.sock[,...] [--tool ping] \
 [--param name=<json>]... [--warmup N] [--sequential N] [--concurrency 1,4,16] [--calls N] \
-[--threads N] [--timeout-ms N (0 = none)] [--connect-wait-ms N] [--samples (raw sequential \
+[--threads N] [--timeout-ms N (0 = none)] [--engine-timeout-ms N (engine tier; 0 = none, \
+default 300000)] [--connect-wait-ms N] [--samples (raw sequential \
 latencies in the output)] [--quiet (no progress on stderr)] [--serve (commands on stdin: \
 `seq N`, `spawn N`, `engine N`, `level C N`; one JSON line each)]";
 
@@ -142,6 +143,10 @@ fn parse_args() -> Result<Options, String> {
             "--timeout-ms" => {
                 let ms = num(&value)?;
                 o.timeout = (ms > 0).then(|| Duration::from_millis(ms as u64));
+            }
+            "--engine-timeout-ms" => {
+                let ms = num(&value)?;
+                o.engine_timeout = (ms > 0).then(|| Duration::from_millis(ms as u64));
             }
             "--connect-wait-ms" => o.connect_wait = Duration::from_millis(num(&value)? as u64),
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
@@ -626,7 +631,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Same runtime shape as the NIF's (two worker threads by default).
+    // Same runtime shape as the NIF's (one worker thread by default).
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(o.threads)
         .enable_all()
