@@ -16,7 +16,25 @@ defmodule Snakepit do
           %{name: :default, pool_size: 4, adapter_args: ["--adapter", "my_app.adapter.MyAdapter"]}
         ]
 
-  See `Snakepit.Config` for all keys (legacy `pool_size` / `pool_config` work too).
+  Several pools, each with its own size, adapter, worker profile and affinity mode, run side
+  by side; calls choose one with `pool_name:` (the first pool is the default):
+
+      config :snakepit,
+        pooling_enabled: true,
+        pools: [
+          %{name: :default, pool_size: 4},
+          %{name: :models, pool_size: 2, affinity: :strict_queue,
+            adapter_args: ["--adapter", "my_app.models.ModelAdapter"],
+            adapter_env: %{"CUDA_VISIBLE_DEVICES" => "0"}},
+          %{name: :threads, pool_size: 1, worker_profile: :thread, threads_per_worker: 8}
+        ]
+
+      Snakepit.execute_in_session("user-1", "predict", %{x: 1}, pool_name: :models)
+
+  The legacy single-pool keys work too (`pool_config: %{pool_size: 4}`, top-level `pool_size`,
+  `adapter_module`, `adapter_args`; top-level `pool_size` wins). See `Snakepit.Config` for all
+  keys; an invalid configuration stops the application from starting with a message naming
+  the key.
 
   ## Errors
 
@@ -36,13 +54,19 @@ defmodule Snakepit do
   * `:timeout` - ms or `:infinity` (default `pool_request_timeout`, 300 000 with the
     `:balanced` profile). On expiry the request is cancelled and the result is
     `{:error, %Snakepit.Error{category: :timeout, message: "Pool execute timed out"}}`.
-  * `:pool_name` - pool to use (atom or string; default: the first configured pool).
+  * `:pool_name` - pool to use (atom or string; default: the first configured pool). An
+    unknown name gives `{:error, %Snakepit.Error{category: :pool, details: %{reason:
+    :pool_not_found}}}`.
+  * `:pool` - upstream's pool server option: `Snakepit.Pool` (default) or a pool name.
   * `:session_id` - session affinity key (see `execute_in_session/4`).
   * `:affinity` - per-call override of the pool's affinity mode: `:hint`, `:strict_queue`,
     `:strict_fail_fast` (strings accepted).
   * `:binary_parameters` - `%{name => binary}` sent as raw bytes.
   * `:correlation_id` - request metadata (generated when absent).
   * `:thread_sensitive` - `true` makes Python run a sync tool on its event-loop thread.
+  * `:idempotent` - `true` (or a truthy `"idempotent"` argument, as upstream) lets the call be
+    retried once on another worker if its worker crashes while running it; strict sessions are
+    never moved (see `Snakepit.CrashBarrier`).
 
   ## Examples
 
@@ -72,11 +96,26 @@ defmodule Snakepit do
 
   @doc """
   Runs a streaming tool; `callback` is called in the calling process with each chunk, a map
-  with `"is_final"` (non-map JSON payloads are wrapped as `%{"data" => value}`).
+  with `"is_final"` (non-map JSON payloads are wrapped as `%{"data" => value}`, non-JSON data
+  as `%{"raw_data_base64" => ...}`, chunk metadata under `"_metadata"`).
 
   The callback may return `:halt` (stop, result `:ok`) or `{:halt, reason}` (stop, result
-  `{:error, ...}`); anything else continues. A raising callback stops the stream with an error.
-  Default `:timeout` is `pool_streaming_timeout` (900 000 ms), for the whole stream.
+  `{:error, %Snakepit.Error{details: %{reason: reason}}}`); anything else continues. A raising
+  callback stops the stream with reason `{:callback_exception, exception, stacktrace}`.
+
+  Options are those of `execute/3` (`:pool_name`, `:session_id`, `:affinity`, ...) plus
+  `:stream_window` (default 16). Default `:timeout` is `pool_streaming_timeout` (900 000 ms), for
+  the whole stream.
+
+  * **Scheduling**: a stream is scheduled like a unary call: it obeys the pool's (or the
+    call's) affinity mode and waits in the queue when no worker is free (upstream failed with
+    `:no_workers_available` instead).
+  * **Backpressure**: at most `:stream_window` chunks are in flight between the NIF and the
+    callback; the NIF stops reading from the worker until the callback has consumed them, so a
+    slow callback slows the Python generator (through HTTP/2 flow control) and memory stays
+    bounded.
+  * **Cancellation**: halting, a raising callback, the timeout and the death of the calling
+    process cancel the RPC; the worker closes the Python generator (its `finally` blocks run).
 
       Snakepit.execute_stream("count_to", %{"n" => 3}, fn chunk -> IO.inspect(chunk) end)
       #=> :ok
@@ -97,8 +136,10 @@ defmodule Snakepit do
     do: execute_stream(command, args, callback, Keyword.put(opts, :session_id, session_id))
 
   @doc """
-  Aggregate statistics of all pools: `requests`, `queued`, `errors`, `queue_timeouts`,
-  `pool_saturated`, `workers`, `available`, `busy` (plus the scheduler's own counters).
+  Statistics of all pools (default) or of one pool (`get_stats(:pool_name)`): `requests`,
+  `queued` (current queue length), `errors` (calls that returned `{:error, _}`; upstream
+  always reported 0), `queue_timeouts`, `pool_saturated`, `workers`, `available`, `busy`, plus
+  the scheduler's own counters. An unknown pool name gives `{:error, {:pool_not_found, name}}`.
 
       Snakepit.get_stats().workers
       #=> 4
@@ -107,7 +148,7 @@ defmodule Snakepit do
   def get_stats(pool \\ Pool), do: Pool.get_stats(pool)
 
   @doc """
-  Ids of the ready workers of all pools.
+  Ids of the ready workers of all pools (default) or of one pool (`list_workers(:pool_name)`).
 
       Snakepit.list_workers()
       #=> ["default_worker_1_1234", "default_worker_2_1240"]
@@ -124,13 +165,26 @@ defmodule Snakepit do
 
   @doc """
   Starts Snakepit, waits for the pools, runs `fun` and shuts down again; for scripts
-  (`mix run script.exs`).
+  (`mix run script.exs`) and Mix tasks.
 
-  Options: `:timeout` (pool readiness wait, 15 000), `:await_pool` (default `pooling_enabled`),
-  `:stop_mode` (`:if_started` | `:always` | `:never`), `:exit_mode`
-  (`:none` | `:stop` | `:halt` | `:auto`; env `SNAKEPIT_SCRIPT_EXIT`), `:halt` (legacy boolean).
-  Returns `fun`'s value, or `{:error, :pool_initialization_timeout}` when the pools were not
-  ready in time, or `{:error, %Snakepit.Error{}}` when a pool failed to start.
+  Options:
+
+  * `:await_pool` - wait for the pools (default `pooling_enabled`); `:timeout` - for how long
+    (15 000 ms).
+  * `:stop_mode` - `:if_started` (default: stop only if this call started Snakepit),
+    `:always`, `:never`; `:shutdown_timeout` - bound on the stop (15 000 ms).
+  * `:cleanup_timeout` - after the stop, Python processes of this run still alive are sent
+    SIGTERM and, after this many ms, SIGKILL (5 000; 0 disables).
+  * `:restart` - start Snakepit again after the stop: `true`, `false` or `:auto` (default:
+    only with `stop_mode: :always` inside a Mix project).
+  * `:exit_mode` - `:none` (default), `:stop`, `:halt`, `:auto` (`:stop` when this call
+    started Snakepit and the VM runs with `--no-halt`); env `SNAKEPIT_SCRIPT_EXIT`. `:halt` is
+    the legacy boolean (env `SNAKEPIT_SCRIPT_HALT`).
+
+  Returns `fun`'s value; `{:error, :pool_initialization_timeout}` when the pools were not ready
+  in time; `{:error, %Snakepit.Error{}}` when a pool failed to start (upstream raised a
+  `CaseClauseError`). If `fun` raises, the shutdown runs (exit status 1) and the exception is
+  re-raised.
 
       Snakepit.run_as_script(fn -> Snakepit.execute("ping", %{}) end)
       #=> {:ok, %{"message" => "pong", ...}}

@@ -11,6 +11,11 @@ defmodule Snakepit.Application do
   #
   # The configuration is validated before anything starts; an invalid key makes the
   # application fail to start with a message naming it.
+  #
+  # Stopping: prep_stop/1 closes all pools (new calls are refused), then each pool waits up to
+  # graceful_shutdown_timeout_ms for its running calls before its workers are stopped.
+  # Starting: the run directory is created first, which also cleans up after a previous BEAM
+  # that was killed (Snakepit.ProcessRegistry).
 
   use Application
 
@@ -27,6 +32,14 @@ defmodule Snakepit.Application do
 
       Supervisor.start_link(children(config), strategy: :one_for_one, name: Snakepit.Supervisor)
     end
+  end
+
+  # Graceful stop: close every pool first, so that new calls are refused at once ("Pool is
+  # closed") by all pools while each one, in turn, lets its running calls finish.
+  @impl true
+  def prep_stop(state) do
+    Snakepit.Pool.close_all()
+    state
   end
 
   @impl true

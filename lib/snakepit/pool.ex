@@ -10,10 +10,23 @@ defmodule Snakepit.Pool do
   * starts `pool_size` `Snakepit.Worker`s under the pool's worker supervisor and keeps that many
     running: a worker whose Python process exits after it was ready is replaced by a new worker
     (new worker id, so no session is silently routed to a fresh Python memory) after an
-    exponential backoff;
-  * tracks readiness for `await_ready/2` (a pool whose workers all failed to start answers with
-    the startup error, including the Python traceback, instead of waiting);
-  * receives `{:snakepit_pool_event, event}` messages from the NIF (e.g. a worker to recycle).
+    exponential backoff, and its replacement may be tainted (`Snakepit.CrashBarrier`);
+  * retries workers that fail to start with a capped backoff, so a partly broken pool runs
+    degraded and heals; while no worker is ready and every slot has failed, `await_ready/2` and
+    `Snakepit.execute/3` answer at once with the startup error (including the Python
+    traceback) instead of waiting for a timeout;
+  * receives `{:snakepit_pool_event, event}` messages from the NIF: `{:recycle_worker, id}` when
+    a call whose caller gave up (timeout, cancel, death) is still running after
+    `abandon_grace_ms`; that worker's Python is killed and replaced, so capacity comes back;
+  * on a planned stop, closes the scheduler (new and queued calls get "Pool is closed") and
+    waits up to `graceful_shutdown_timeout_ms` for running calls to deliver their results
+    before the workers are stopped.
+
+  Telemetry emitted here: `[:snakepit, :pool, :worker_ready]`, `[:snakepit, :worker, :crash]`
+  (every unexpected exit of a ready worker; metadata `worker_id, pool, reason, exit_code,
+  classification, device`), `[:snakepit, :worker, :restarted]` (its replacement is ready;
+  plus `previous_worker_id`), `[:snakepit, :worker, :tainted]` (`duration_ms`; the replacement
+  was tainted) and `[:snakepit, :worker, :recycled]`.
   """
 
   use GenServer
@@ -21,14 +34,11 @@ defmodule Snakepit.Pool do
   require Logger
 
   alias Snakepit.{Error, Native, Worker}
+  alias Snakepit.Pool.Restart
 
   @status_starting 0
   @status_ready 1
   @status_failed 2
-
-  # A worker that stayed up this long resets its slot's crash backoff.
-  @stable_after_ms 30_000
-  @max_backoff_ms 5_000
 
   @type pool_name :: atom()
   @type handle :: {reference(), map()}
@@ -172,8 +182,10 @@ defmodule Snakepit.Pool do
   @doc "Statistics of one pool, or `{:error, {:pool_not_found, name}}`."
   @spec get_stats(atom(), pool_name()) :: map() | {:error, {:pool_not_found, term()}}
   def get_stats(_pool, name) do
-    with {:ok, {resource, _config}} <- lookup(name) do
-      Map.merge(empty_stats(), Native.pool_stats(resource))
+    with {:ok, {resource, config}} <- lookup(name) do
+      empty_stats()
+      |> Map.merge(Native.pool_stats(resource))
+      |> Map.put(:errors, Snakepit.Pool.ErrorCounter.count(config))
     end
   end
 
@@ -216,6 +228,16 @@ defmodule Snakepit.Pool do
   # -- process -----------------------------------------------------------------------------------
 
   @doc false
+  def child_spec(pool_config) do
+    %{
+      id: __MODULE__,
+      start: {__MODULE__, :start_link, [pool_config]},
+      # terminate/2 lets in-flight calls finish for up to the shutdown grace.
+      shutdown: pool_config.graceful_shutdown_timeout_ms + 1_000
+    }
+  end
+
+  @doc false
   def start_link(pool_config) do
     GenServer.start_link(__MODULE__, pool_config, name: via(pool_config.name))
   end
@@ -226,9 +248,23 @@ defmodule Snakepit.Pool do
   @doc false
   def worker_supervisor(name), do: {:via, Registry, {Snakepit.Pool.Registry, {:workers, name}}}
 
+  @doc """
+  Closes every pool: queued and new calls get `{:error, %Snakepit.Error{message: "Pool is
+  closed"}}` at once, running calls go on. Called when the application stops, before the pools
+  drain (so a pool stopped later does not accept work meanwhile).
+  """
+  @spec close_all() :: :ok
+  def close_all do
+    for name <- pool_names(), {:ok, {resource, _}} <- [lookup(name)] do
+      Native.pool_close(resource)
+    end
+
+    :ok
+  end
+
   @impl true
   def init(pool_config) do
-    # Trap exits so terminate/2 closes the NIF pool (queued callers get :pool_closed at once).
+    # Trap exits so terminate/2 closes and drains the NIF pool on shutdown.
     Process.flag(:trap_exit, true)
 
     resource = Native.pool_new(nif_config(pool_config), self())
@@ -240,11 +276,13 @@ defmodule Snakepit.Pool do
       name: config.name,
       config: config,
       resource: resource,
+      # slot => the running Worker (starting or ready); a slot waiting for a restart is absent.
       slots: %{},
       monitors: %{},
+      # slot => consecutive failed starts (cleared when the slot's worker is ready).
+      failures: %{},
       init_error: nil,
-      waiters: [],
-      shutting_down: false
+      waiters: []
     }
 
     {:ok, state, {:continue, :start_workers}}
@@ -252,7 +290,8 @@ defmodule Snakepit.Pool do
 
   @impl true
   def handle_continue(:start_workers, state) do
-    state = Enum.reduce(1..state.config.pool_size, state, &start_worker(&2, &1, 0))
+    state = Enum.reduce(1..state.config.pool_size, state, &start_worker(&2, &1, Restart.fresh()))
+
     {:noreply, state}
   end
 
@@ -269,8 +308,15 @@ defmodule Snakepit.Pool do
   def handle_info({:worker_ready, slot, pid, worker_id}, state) do
     case state.slots do
       %{^slot => %{pid: ^pid} = info} ->
-        info = %{info | id: worker_id, status: :ready, ever_ready: true, ready_at: now_ms()}
-        state = put_in(state.slots[slot], info)
+        info = %{info | id: worker_id, status: :ready, ready_at: now_ms()}
+
+        state = %{
+          state
+          | slots: Map.put(state.slots, slot, info),
+            failures: Map.delete(state.failures, slot),
+            init_error: nil
+        }
+
         :atomics.put(state.config.status, 1, @status_ready)
 
         Snakepit.Telemetry.execute(
@@ -279,6 +325,7 @@ defmodule Snakepit.Pool do
           %{pool_name: state.name, worker_id: worker_id}
         )
 
+        replaced(state, worker_id, info.restart)
         Enum.each(state.waiters, &GenServer.reply(&1, :ok))
         {:noreply, %{state | waiters: []}}
 
@@ -308,12 +355,10 @@ defmodule Snakepit.Pool do
     end
   end
 
-  def handle_info({:restart_slot, slot, crashes}, state) do
-    if state.shutting_down or Map.has_key?(state.slots, slot) do
-      {:noreply, state}
-    else
-      {:noreply, start_worker(state, slot, crashes)}
-    end
+  def handle_info({:restart_slot, slot, restart}, state) do
+    if Map.has_key?(state.slots, slot),
+      do: {:noreply, state},
+      else: {:noreply, start_worker(state, slot, restart)}
   end
 
   def handle_info({:snakepit_pool_event, event}, state), do: {:noreply, pool_event(event, state)}
@@ -330,36 +375,71 @@ defmodule Snakepit.Pool do
 
   @impl true
   def terminate(reason, state) do
+    # Queued callers get :pool_closed at once, new calls are refused.
     Native.pool_close(state.resource)
 
     # On a crash the supervisor starts a new pool that overwrites the entry; erasing it only on
-    # a planned stop avoids a window where callers see :pool_not_found.
-    if planned?(reason), do: :persistent_term.erase({__MODULE__, state.name})
+    # a planned stop avoids a window where callers see :pool_not_found. On a planned stop the
+    # entry stays while draining, so new callers get the clear "Pool is closed" error.
+    if planned?(reason) do
+      drain(state)
+      :persistent_term.erase({__MODULE__, state.name})
+    end
+
     :ok
+  end
+
+  # Waits (up to graceful_shutdown_timeout_ms) until no caller waits for a reply, so calls
+  # running when the application stops still get their result; the workers are stopped after
+  # this (the worker supervisor stops after the pool).
+  defp drain(state) do
+    grace = state.config.graceful_shutdown_timeout_ms
+
+    case await_drained(state.resource, now_ms() + grace) do
+      0 ->
+        :ok
+
+      waiting ->
+        Logger.warning(
+          "Snakepit pool #{inspect(state.name)}: stopping with #{waiting} call(s) unfinished " <>
+            "after #{grace} ms"
+        )
+    end
+  end
+
+  defp await_drained(resource, deadline) do
+    case awaiting_reply(resource) do
+      0 ->
+        0
+
+      waiting ->
+        if now_ms() >= deadline do
+          waiting
+        else
+          Process.sleep(10)
+          await_drained(resource, deadline)
+        end
+    end
+  end
+
+  defp awaiting_reply(resource) do
+    stats = Native.pool_stats(resource)
+    Map.get(stats, :awaiting_reply, stats.in_flight)
   end
 
   # -- workers -----------------------------------------------------------------------------------
 
-  defp start_worker(state, slot, crashes) do
+  defp start_worker(state, slot, restart) do
     spec = {Worker, pool_name: state.name, slot: slot, pool_pid: self(), config: state.config}
 
     case DynamicSupervisor.start_child(worker_supervisor(state.name), spec) do
       {:ok, pid} ->
         mref = Process.monitor(pid)
-
-        info = %{
-          pid: pid,
-          id: nil,
-          status: :starting,
-          ever_ready: crashes > 0,
-          crashes: crashes,
-          ready_at: nil,
-          recycle: false
-        }
+        info = %{pid: pid, id: nil, status: :starting, ready_at: nil, recycle: false}
 
         %{
           state
-          | slots: Map.put(state.slots, slot, info),
+          | slots: Map.put(state.slots, slot, Map.put(info, :restart, restart)),
             monitors: Map.put(state.monitors, mref, slot)
         }
 
@@ -381,43 +461,58 @@ defmodule Snakepit.Pool do
     if info.id, do: Native.pool_remove_worker(state.resource, info.id, down_reason(reason))
 
     cond do
-      state.shutting_down ->
-        state
-
-      info.recycle ->
-        start_worker(state, slot, 0)
-
-      info.status == :ready or info.ever_ready ->
-        schedule_restart(state, slot, info)
-
-      true ->
-        startup_failed(state, slot, info, reason)
+      info.recycle -> start_worker(state, slot, Restart.fresh())
+      info.status == :ready -> crashed(state, slot, info, down_reason(reason))
+      true -> start_failed(state, slot, info, reason)
     end
   end
 
-  defp schedule_restart(state, slot, info) do
-    stable? = info.ready_at && now_ms() - info.ready_at > @stable_after_ms
-    crashes = if stable?, do: 1, else: info.crashes + 1
-    delay = if crashes <= 1, do: 0, else: min(100 * Integer.pow(2, crashes - 2), @max_backoff_ms)
-    Process.send_after(self(), {:restart_slot, slot, crashes}, delay)
+  # A ready worker's Python process exited (or the Worker process died): report it, and start
+  # a replacement (with a new id) after the slot's crash backoff.
+  defp crashed(state, slot, info, reason) do
+    crash = Restart.crash(state.config.crash_barrier, info.id, reason)
+
+    Snakepit.Telemetry.execute([:snakepit, :worker, :crash], %{}, %{
+      worker_id: info.id,
+      pool: state.name,
+      reason: reason,
+      exit_code: crash.exit_code,
+      classification: crash.classification,
+      device: nil
+    })
+
+    uptime = info.ready_at && now_ms() - info.ready_at
+    {restart, delay} = Restart.after_crash(info.restart, crash, uptime)
+    Process.send_after(self(), {:restart_slot, slot, restart}, delay)
     state
   end
 
-  # A slot that never became ready is not retried (a broken adapter would otherwise loop);
-  # once no slot is starting and none is ready, the pool's start has failed.
-  defp startup_failed(state, _slot, info, reason) do
+  # A worker that never became ready: retry the slot with a capped backoff. Once no worker is
+  # ready and every slot has failed, the pool reports the start error (await_ready and execute
+  # answer at once instead of waiting for a timeout) while the retries go on.
+  defp start_failed(state, slot, info, reason) do
     error =
       case info.status do
         {:failed, %Error{} = error} -> error
         _ -> Error.worker_error("Worker failed to start", %{pool: state.name, reason: reason})
       end
 
-    state = %{state | init_error: state.init_error || pool_start_error(state.name, error)}
+    failures = Map.get(state.failures, slot, 0) + 1
+    delay = Restart.start_retry_delay(failures)
+    Process.send_after(self(), {:restart_slot, slot, info.restart}, delay)
 
-    if map_size(state.slots) == 0 and ready_count(state) == 0 do
+    Logger.warning(
+      "Snakepit pool #{inspect(state.name)}: worker slot #{slot} failed to start " <>
+        "(#{failures} in a row); retrying in #{delay} ms"
+    )
+
+    state = %{state | failures: Map.put(state.failures, slot, failures)}
+
+    if ready_count(state) == 0 and map_size(state.failures) >= state.config.pool_size do
+      init_error = state.init_error || pool_start_error(state.name, error)
       :atomics.put(state.config.status, 1, @status_failed)
-      Enum.each(state.waiters, &GenServer.reply(&1, {:error, state.init_error}))
-      %{state | waiters: []}
+      Enum.each(state.waiters, &GenServer.reply(&1, {:error, init_error}))
+      %{state | init_error: init_error, waiters: []}
     else
       state
     end
@@ -432,10 +527,55 @@ defmodule Snakepit.Pool do
     }
   end
 
+  # The worker `worker_id` just became ready in place of one that crashed: taint it when the
+  # crash barrier says so (see Snakepit.CrashBarrier for why the replacement is tainted).
+  defp replaced(_state, _worker_id, %{crash: nil}), do: :ok
+
+  defp replaced(state, worker_id, %{crash: crash}) do
+    meta = %{
+      worker_id: worker_id,
+      previous_worker_id: crash.worker_id,
+      pool: state.name,
+      reason: crash.reason,
+      exit_code: crash.exit_code,
+      classification: crash.classification,
+      device: nil
+    }
+
+    Snakepit.Telemetry.execute([:snakepit, :worker, :restarted], %{}, meta)
+
+    if crash.taint and other_untainted_worker?(state.resource, worker_id) do
+      duration = state.config.crash_barrier.taint_duration_ms
+      Native.pool_taint_worker(state.resource, worker_id, duration)
+      Snakepit.Telemetry.execute([:snakepit, :worker, :tainted], %{duration_ms: duration}, meta)
+    end
+
+    :ok
+  end
+
+  # Tainting the only usable worker would turn every call into a queue timeout.
+  defp other_untainted_worker?(resource, worker_id) do
+    resource
+    |> Native.pool_workers()
+    |> Enum.any?(&(&1.id != worker_id and not &1.tainted))
+  end
+
   defp pool_event({:recycle_worker, worker_id}, state) do
     case Enum.find(state.slots, fn {_slot, info} -> info.id == worker_id end) do
       {slot, info} ->
-        Logger.info("Snakepit pool #{inspect(state.name)}: recycling worker #{worker_id}")
+        Logger.warning(
+          "Snakepit pool #{inspect(state.name)}: recycling worker #{worker_id}: " <>
+            "an abandoned call overran the grace period"
+        )
+
+        Snakepit.Telemetry.execute([:snakepit, :worker, :recycled], %{count: 1}, %{
+          worker_id: worker_id,
+          pool: state.name,
+          reason: :abandon_grace_exceeded,
+          uptime_seconds: div(now_ms() - (info.ready_at || now_ms()), 1000),
+          request_count: nil
+        })
+
         Worker.stop_async(info.pid, {:shutdown, :recycled})
         put_in(state.slots[slot].recycle, true)
 
@@ -452,18 +592,25 @@ defmodule Snakepit.Pool do
   # -- helpers -----------------------------------------------------------------------------------
 
   @doc false
+  # `abandon_grace_ms`: nil (the default) leaves the key out, so the NIF uses its default
+  # (5000 ms); `:infinity` is sent as nil (never recycle).
   @spec nif_config(map()) :: map()
   def nif_config(config) do
-    %{
+    base = %{
       name: Atom.to_string(config.name),
       affinity: config.affinity,
       max_queue_size: config.max_queue_size,
       queue_timeout_ms: config.queue_timeout_ms,
       affinity_ttl_ms: config.affinity_ttl_ms,
       max_affinity_entries: config.max_affinity_entries,
-      abandon_grace_ms: config.abandon_grace_ms,
       max_message_bytes: config.max_message_bytes
     }
+
+    case config.abandon_grace_ms do
+      nil -> base
+      :infinity -> Map.put(base, :abandon_grace_ms, nil)
+      ms -> Map.put(base, :abandon_grace_ms, ms)
+    end
   end
 
   defp ready_count(state), do: Enum.count(state.slots, fn {_, info} -> info.status == :ready end)

@@ -2,8 +2,10 @@ defmodule Snakepit.RuntimeDir do
   @moduledoc false
   # The private per-run directory that holds the workers' Unix sockets:
   # <tmp>/snakepit-<BEAM os pid>-<random>, mode 0700, so no other user can connect to a worker.
-  # Created once per application start and removed at application stop. Directories left by a
-  # BEAM that died without cleaning up are removed when their owner pid no longer exists.
+  # Created once per application start and removed at application stop. Its name is the run id
+  # of Snakepit.ProcessRegistry, which records the worker processes in it; directories left by a
+  # BEAM that died without cleaning up are removed (and their processes killed, when they are
+  # still provably ours) before a new one is created.
 
   @key {__MODULE__, :path}
 
@@ -33,27 +35,13 @@ defmodule Snakepit.RuntimeDir do
   def socket_path(name), do: Path.join(ensure!(), name <> ".sock")
 
   defp create! do
-    remove_stale()
+    _ = Snakepit.ProcessRegistry.cleanup_stale(System.tmp_dir!())
     random = Base.url_encode64(:rand.bytes(6), padding: false)
     path = Path.join(System.tmp_dir!(), "snakepit-#{System.pid()}-#{random}")
     File.mkdir_p!(path)
     File.chmod!(path, 0o700)
+    Snakepit.ProcessRegistry.init_run_dir(path)
     :persistent_term.put(@key, path)
     path
-  end
-
-  defp remove_stale do
-    tmp = System.tmp_dir!()
-
-    for entry <- File.ls!(tmp),
-        [_, pid] <- [Regex.run(~r/\Asnakepit-(\d+)-[A-Za-z0-9_-]+\z/, entry)],
-        pid != System.pid(),
-        not File.exists?("/proc/#{pid}") do
-      File.rm_rf(Path.join(tmp, entry))
-    end
-
-    :ok
-  rescue
-    _ -> :ok
   end
 end

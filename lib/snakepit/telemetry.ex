@@ -15,6 +15,10 @@ defmodule Snakepit.Telemetry do
   | `[:snakepit, :pool, :worker, :terminated]` | `lifetime` (native), `total_commands` | `node`, `pool_name`, `worker_id`, `worker_pid`, `reason`, `planned` |
   | `[:snakepit, :request, :executed]` | `duration_us` | `pool`, `worker_id`, `command`, `success` (+ `streaming: true`) |
   | `[:snakepit, :python, :exception, :mapped \\| :unmapped]` | `%{}` | `python_type`, `library`, `function` |
+  | `[:snakepit, :worker, :crash]` | `%{}` | `worker_id`, `pool`, `reason`, `exit_code`, `classification`, `device` |
+  | `[:snakepit, :worker, :restarted]` | `%{}` | same, plus `previous_worker_id` (the crashed one) |
+  | `[:snakepit, :worker, :tainted]` | `duration_ms` | same as `:restarted` (`worker_id` is the tainted replacement) |
+  | `[:snakepit, :worker, :recycled]` | `count: 1` | `worker_id`, `pool`, `reason: :abandon_grace_exceeded`, `uptime_seconds`, `request_count: nil` |
 
   `[:snakepit, :request, :executed]` is emitted from the caller process (requests are submitted
   straight to the NIF, no pool process is involved); `worker_id` is nil because the caller does

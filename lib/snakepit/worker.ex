@@ -15,10 +15,17 @@ defmodule Snakepit.Worker do
      `worker_ready_timeout` is a startup failure; the error carries the Python traceback.
   4. When Python exits after ready, the worker is removed from the scheduler (in-flight callers
      get `{:worker_exit, id, {:exit_status, status}}`) and this process stops; the pool starts a
-     replacement with a new id.
+     replacement with a new id. Because the Port reports the exit only at EOF of Python's
+     stdout, a ready worker also checks every 200 ms that its process still exists (see
+     `:check_alive`).
   5. `terminate/2` closes the port (stdin EOF makes Python exit), waits up to
      `graceful_shutdown_timeout_ms`, then SIGKILLs the process (and its process group when
-     Python leads one), and removes the socket.
+     Python leads one), and removes the socket. A worker recycled because an abandoned call
+     overran the grace (`{:shutdown, :recycled}`) is SIGKILLed at once: its Python is known to
+     be stuck, and the pool gets its capacity back only when the process is gone.
+
+  Every Python process is recorded in `Snakepit.ProcessRegistry` while it runs, so a later
+  BEAM can clean up after this one if it is killed with SIGKILL.
 
   Other output lines are logged at debug level; the last lines are kept for error messages.
   """
@@ -27,11 +34,15 @@ defmodule Snakepit.Worker do
 
   require Logger
 
-  alias Snakepit.{Native, OsProcess, RuntimeDir}
+  alias Snakepit.{Native, OsProcess, ProcessRegistry, RuntimeDir}
   alias Snakepit.Worker.Launch
 
   @tail_lines 40
   @max_partial_bytes 1_048_576
+  # How often a ready worker checks that its Python process still exists (see :check_alive),
+  # and how long it then waits for the Port to report the exit status.
+  @liveness_check_ms 200
+  @exit_report_ms 2_000
 
   @doc false
   def child_spec(opts) do
@@ -109,6 +120,8 @@ defmodule Snakepit.Worker do
       tail: [],
       failure: nil,
       ready_timer: nil,
+      # The pipe behind Python's stdout ("pipe:[inode]"), read at ready; see :check_alive.
+      stdout_pipe: nil,
       started_at: System.monotonic_time()
     }
 
@@ -119,11 +132,14 @@ defmodule Snakepit.Worker do
   def handle_continue(:spawn, state) do
     socket = RuntimeDir.socket_path("w#{System.unique_integer([:positive])}")
     _ = File.rm(socket)
-    {executable, options} = Launch.port_spec(state.config, state.id, socket)
+
+    {executable, options} =
+      Launch.port_spec(state.config, state.id, socket, ProcessRegistry.run_id())
 
     try do
       port = Port.open({:spawn_executable, executable}, options)
       {:os_pid, os_pid} = Port.info(port, :os_pid)
+      ProcessRegistry.register(os_pid)
 
       Registry.update_value(
         Snakepit.Pool.Registry,
@@ -164,6 +180,7 @@ defmodule Snakepit.Worker do
   end
 
   def handle_info({port, {:exit_status, status}}, %{port: port} = state) do
+    ProcessRegistry.unregister(state.os_pid)
     state = %{state | port: nil}
 
     case state.status do
@@ -188,6 +205,39 @@ defmodule Snakepit.Worker do
 
   def handle_info(:ready_timeout, state), do: {:noreply, state}
 
+  # The Port reports the exit status only once Python's stdout reaches EOF, and a child that
+  # inherited stdout keeps it open after Python died: the dead worker would stay in the
+  # scheduler. So a ready worker also checks that its process is alive; once it is not, the
+  # processes still holding the pipe (its process group, and anyone else holding that very
+  # pipe, i.e. its descendants) are killed, the pipe closes and the Port reports the real exit
+  # status.
+  def handle_info(:check_alive, %{status: :ready, port: port} = state) when port != nil do
+    if OsProcess.alive?(state.os_pid) do
+      schedule_liveness_check()
+    else
+      Logger.warning(
+        "Snakepit worker #{state.id}: Python #{state.os_pid} is gone but its output pipe is " <>
+          "still open (a child inherited it); killing the holders"
+      )
+
+      if state.pgid, do: OsProcess.kill_group(state.pgid, "KILL")
+      if state.stdout_pipe, do: OsProcess.kill_fd_holders(state.stdout_pipe)
+      Process.send_after(self(), :exit_unreported, @exit_report_ms)
+    end
+
+    {:noreply, state}
+  end
+
+  def handle_info(:check_alive, state), do: {:noreply, state}
+
+  # The holders could not all be killed (e.g. another user's process): give up on the status.
+  def handle_info(:exit_unreported, %{status: :ready, port: port} = state) when port != nil do
+    close_port(port)
+    handle_info({port, {:exit_status, :unknown}}, state)
+  end
+
+  def handle_info(:exit_unreported, state), do: {:noreply, state}
+
   def handle_info({:EXIT, _port_or_pid, _reason}, state), do: {:noreply, state}
 
   def handle_info(_message, state), do: {:noreply, state}
@@ -198,7 +248,8 @@ defmodule Snakepit.Worker do
       Native.pool_remove_worker(state.resource, state.id, exit_reason(reason))
     end
 
-    stop_python(state)
+    stop_python(state, stop_grace(reason, state.config))
+    ProcessRegistry.unregister(state.os_pid)
     if state.socket, do: File.rm(state.socket)
 
     Snakepit.Telemetry.execute(
@@ -244,8 +295,16 @@ defmodule Snakepit.Worker do
           }
         )
 
+        schedule_liveness_check()
+
         {:noreply,
-         %{state | status: :ready, ready_timer: nil, pgid: OsProcess.group_led_by(state.os_pid)}}
+         %{
+           state
+           | status: :ready,
+             ready_timer: nil,
+             pgid: OsProcess.group_led_by(state.os_pid),
+             stdout_pipe: OsProcess.fd_target(state.os_pid, 1)
+         }}
 
       {:error, reason} ->
         startup_failed(state, "the scheduler refused the worker: #{inspect(reason)}", nil)
@@ -271,23 +330,20 @@ defmodule Snakepit.Worker do
     {:stop, {:shutdown, {:startup_failed, error.message}}, %{state | status: :failed}}
   end
 
-  defp stop_python(%{os_pid: nil}), do: :ok
+  defp stop_python(%{os_pid: nil}, _grace), do: :ok
 
-  defp stop_python(state) do
-    if state.port do
-      try do
-        Port.close(state.port)
-      rescue
-        ArgumentError -> :ok
+  defp stop_python(state, grace) do
+    if state.port, do: close_port(state.port)
+
+    unless OsProcess.await_exit(state.os_pid, grace) do
+      if grace > 0 do
+        Logger.warning(
+          "Snakepit worker #{state.id}: Python #{state.os_pid} ignored stdin EOF, killing"
+        )
       end
-    end
 
-    unless OsProcess.await_exit(state.os_pid, state.config.graceful_shutdown_timeout_ms) do
-      Logger.warning(
-        "Snakepit worker #{state.id}: Python #{state.os_pid} ignored stdin EOF, killing"
-      )
-
-      OsProcess.kill(state.os_pid, "KILL")
+      # A SIGKILLed Python cannot kill its descendants itself (it does on an orderly exit).
+      OsProcess.kill_tree(state.os_pid)
       OsProcess.await_exit(state.os_pid, 1_000)
     end
 
@@ -295,6 +351,17 @@ defmodule Snakepit.Worker do
     if state.pgid, do: OsProcess.kill_group(state.pgid, "KILL")
     :ok
   end
+
+  defp close_port(port) do
+    Port.close(port)
+  rescue
+    ArgumentError -> :ok
+  end
+
+  defp schedule_liveness_check, do: Process.send_after(self(), :check_alive, @liveness_check_ms)
+
+  defp stop_grace({:shutdown, :recycled}, _config), do: 0
+  defp stop_grace(_reason, config), do: config.graceful_shutdown_timeout_ms
 
   defp exit_reason({:shutdown, reason}), do: reason
   defp exit_reason(reason), do: reason

@@ -19,7 +19,8 @@ defmodule Snakepit.Integration.ExecuteTest do
       ]
     )
 
-    :ok
+    # start_snakepit! waits for one worker per pool; the introspection tests count all four.
+    await_workers!(4)
   end
 
   describe "execute/3" do

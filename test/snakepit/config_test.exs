@@ -219,6 +219,29 @@ defmodule Snakepit.ConfigTest do
     end
   end
 
+  describe "adapter_module and capacity_strategy resolution" do
+    test "pool key, then legacy pool_config, then global" do
+      env = [
+        adapter_module: GlobalAdapter,
+        pool_config: %{adapter_module: LegacyAdapter},
+        pools: [%{name: :a}, %{name: :b, adapter_module: PoolAdapter}]
+      ]
+
+      assert [%{adapter_module: LegacyAdapter}, %{adapter_module: PoolAdapter}] = load!(env).pools
+
+      assert [%{adapter_module: GlobalAdapter}] =
+               load!(adapter_module: GlobalAdapter, pools: [%{name: :a}]).pools
+    end
+
+    test "top-level capacity_strategy is the pools' default" do
+      assert [%{capacity: 1}] =
+               load!(
+                 capacity_strategy: :profile,
+                 pools: [%{name: :t, worker_profile: :thread, threads_per_worker: 4}]
+               ).pools
+    end
+  end
+
   test "parse_affinity/1" do
     assert Config.parse_affinity(:hint) == :hint
     assert Config.parse_affinity(" Strict_Queue ") == :strict_queue

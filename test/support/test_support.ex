@@ -45,6 +45,20 @@ defmodule Snakepit.TestSupport do
 
   @doc "Like start_snakepit!/2 but returns the start/await result instead of asserting it."
   def try_start_snakepit(env, await_timeout \\ 60_000) do
+    configure_snakepit(env)
+
+    case Application.ensure_all_started(:snakepit) do
+      {:ok, _} -> Snakepit.Pool.await_ready(Snakepit.Pool, await_timeout)
+      error -> error
+    end
+  end
+
+  @doc """
+  Stops :snakepit and sets `env` (merged over `pooling_enabled: true`) without starting it
+  again; the previous environment is restored (and the application restarted) when the test
+  (module) exits.
+  """
+  def configure_snakepit(env) do
     previous = Application.get_all_env(:snakepit)
     Application.stop(:snakepit)
     put_env(Keyword.merge([pooling_enabled: true], env))
@@ -58,11 +72,6 @@ defmodule Snakepit.TestSupport do
       put_env(previous)
       {:ok, _} = Application.ensure_all_started(:snakepit)
     end)
-
-    case Application.ensure_all_started(:snakepit) do
-      {:ok, _} -> Snakepit.Pool.await_ready(Snakepit.Pool, await_timeout)
-      error -> error
-    end
   end
 
   defp put_env(env), do: Enum.each(env, fn {k, v} -> Application.put_env(:snakepit, k, v) end)
@@ -79,6 +88,18 @@ defmodule Snakepit.TestSupport do
         String.contains?(cmdline, "snakepit-#{System.pid()}-"),
         os_alive?(String.to_integer(entry)),
         do: String.to_integer(entry)
+  end
+
+  @doc """
+  Waits until `count` workers (all pools) are ready; `start_snakepit!/2` only waits for one per
+  pool.
+  """
+  def await_workers!(count, timeout \\ 30_000) do
+    unless eventually(fn -> length(Snakepit.list_workers()) == count end, timeout) do
+      raise "expected #{count} ready workers, have #{inspect(Snakepit.list_workers())}"
+    end
+
+    :ok
   end
 
   @doc "Polls `fun` until it returns truthy or `timeout` ms pass; returns the last value."

@@ -18,9 +18,10 @@ defmodule Snakepit.Config.Pool do
   | `capacity_strategy` | `:pool` | `:profile` forces capacity 1 |
   | `affinity_ttl_ms` | `session_default_ttl` × 1000 | idle lifetime of a session → worker pin |
   | `max_affinity_entries` | 100 000 | |
-  | `abandon_grace_ms` | nil | recycle a worker whose abandoned call overruns this |
+  | `abandon_grace_ms` | nil (the NIF's 5000) | recycle a worker whose abandoned call (caller timed out, cancelled or died) is still running this long after; `:infinity` never recycles |
   | `max_message_bytes` | 100 MiB | gRPC message limit |
   | `process_group_kill` | global `process_group_kill` (true) | Python runs in its own process group, killed as a whole on stop |
+  | `crash_barrier` | global `crash_barrier` | taint and retry after worker crashes (`Snakepit.CrashBarrier`) |
 
   The queue settings (`pool_queue_timeout`, `pool_max_queue_size`) and request timeouts are
   global, as upstream.
@@ -47,11 +48,13 @@ defmodule Snakepit.Config.Pool do
           stream_timeout: timeout(),
           affinity_ttl_ms: pos_integer(),
           max_affinity_entries: pos_integer(),
-          abandon_grace_ms: non_neg_integer() | nil,
+          abandon_grace_ms: non_neg_integer() | :infinity | nil,
           max_message_bytes: pos_integer(),
           process_group_kill: boolean(),
           worker_ready_timeout: pos_integer(),
-          graceful_shutdown_timeout_ms: non_neg_integer()
+          graceful_shutdown_timeout_ms: non_neg_integer(),
+          crash_barrier: Snakepit.CrashBarrier.t(),
+          error_counter: :counters.counters_ref()
         }
 
   @doc false
@@ -65,9 +68,14 @@ defmodule Snakepit.Config.Pool do
       worker_profile: Keyword.get(env, :default_worker_profile, :process),
       threads_per_worker: Keyword.get(env, :config_default_threads_per_worker, 10),
       affinity: Keyword.get(env, :affinity, :hint),
-      adapter_module: Keyword.get(env, :adapter_module),
+      # Upstream's resolution: the pool's own key, then legacy pool_config, then global.
+      adapter_module:
+        Map.get(Map.new(Keyword.get(env, :pool_config, %{})), :adapter_module) ||
+          Keyword.get(env, :adapter_module),
       python_executable: Keyword.get(env, :python_executable),
-      capacity_strategy: Keyword.get(env, :default_capacity_strategy, :pool),
+      capacity_strategy:
+        Keyword.get(env, :capacity_strategy) ||
+          Keyword.get(env, :default_capacity_strategy, :pool),
       affinity_ttl_ms: global.session_default_ttl * 1000,
       max_affinity_entries: Keyword.get(env, :max_affinity_entries, 100_000),
       abandon_grace_ms: Keyword.get(env, :abandon_grace_ms),
@@ -78,7 +86,8 @@ defmodule Snakepit.Config.Pool do
       request_timeout: global.request_timeout,
       stream_timeout: global.stream_timeout,
       worker_ready_timeout: global.worker_ready_timeout,
-      graceful_shutdown_timeout_ms: global.graceful_shutdown_timeout_ms
+      graceful_shutdown_timeout_ms: global.graceful_shutdown_timeout_ms,
+      global_crash_barrier: Snakepit.CrashBarrier.global(env)
     }
   end
 
@@ -127,8 +136,13 @@ defmodule Snakepit.Config.Pool do
         env_error(adapter_env, key.(:adapter_env)) ++
         executable_error(merged.python_executable, key.(:python_executable))
 
+    crash_barrier =
+      Snakepit.CrashBarrier.build(merged.global_crash_barrier, merged[:crash_barrier])
+
+    errors = errors ++ crash_barrier_errors(crash_barrier, name)
+
     if errors == [] do
-      {:ok, build(merged, name, adapter_env)}
+      {:ok, merged |> Map.put(:crash_barrier, elem(crash_barrier, 1)) |> build(name, adapter_env)}
     else
       {:error, errors}
     end
@@ -165,7 +179,10 @@ defmodule Snakepit.Config.Pool do
       max_message_bytes: merged.max_message_bytes,
       process_group_kill: merged.process_group_kill == true,
       worker_ready_timeout: merged.worker_ready_timeout,
-      graceful_shutdown_timeout_ms: merged.graceful_shutdown_timeout_ms
+      graceful_shutdown_timeout_ms: merged.graceful_shutdown_timeout_ms,
+      crash_barrier: merged.crash_barrier,
+      # `errors` of get_stats/1,2, bumped by callers (Snakepit.Pool.ErrorCounter).
+      error_counter: Snakepit.Pool.ErrorCounter.new()
     }
   end
 
@@ -223,7 +240,13 @@ defmodule Snakepit.Config.Pool do
   defp capacity_strategy_error(strategy, key),
     do: ["invalid #{key}: #{inspect(strategy)} (expected :pool, :profile or :hybrid)"]
 
+  defp crash_barrier_errors({:ok, _}, _name), do: []
+
+  defp crash_barrier_errors({:error, errors}, name),
+    do: Enum.map(errors, &"#{&1} for pool #{inspect(name)}")
+
   defp grace_error(nil, _key), do: []
+  defp grace_error(:infinity, _key), do: []
   defp grace_error(value, key), do: check(:non_neg_integer, key, value)
 
   defp args_error(nil, _key), do: []

@@ -9,7 +9,7 @@ defmodule Snakepit.Pool.Call do
   # mid-request is cancelled without help from Elixir.
 
   alias Snakepit.{Error, Native, Pool}
-  alias Snakepit.Pool.Options
+  alias Snakepit.Pool.{ErrorCounter, Options}
 
   @spec execute(String.t(), term(), keyword()) :: {:ok, term()} | {:error, Error.t()}
   def execute(command, args, opts) do
@@ -18,19 +18,32 @@ defmodule Snakepit.Pool.Call do
     meta = %{command: command, pool: Pool, pool_name: pool_name}
 
     result =
-      with {:ok, {resource, config}} <- Pool.lookup(pool_name),
-           :ok <- initialized(config),
-           {:ok, timeout} <- timeout(opts, config.request_timeout),
-           {:ok, args} <- Options.args(args),
-           {:ok, args, nif_opts} <- Options.build(args, opts, timeout, false),
-           ref = make_ref(),
-           {:ok, request_id} <- Native.pool_submit(resource, ref, command, args, nif_opts) do
-        await(resource, ref, request_id, timeout, command)
+      with {:ok, {resource, config}} <- Pool.lookup(pool_name) do
+        ErrorCounter.record(run(resource, config, command, args, opts), config)
       end
 
     result = Error.normalize_public_result(result, meta)
     emit(started, command, pool_name, result)
     result
+  end
+
+  defp run(resource, config, command, args, opts) do
+    with :ok <- initialized(config),
+         {:ok, timeout} <- timeout(opts, config.request_timeout),
+         {:ok, args} <- Options.args(args),
+         {:ok, args, nif_opts} <- Options.build(args, opts, timeout, false),
+         nif_opts = Map.put(nif_opts, :retry_on_crash, crash_retries(config, opts, args)),
+         ref = make_ref(),
+         {:ok, request_id} <- Native.pool_submit(resource, ref, command, args, nif_opts) do
+      await(resource, ref, request_id, timeout, command)
+    end
+  end
+
+  # Resubmissions after a worker crash (Snakepit.CrashBarrier); the NIF never moves a strict
+  # session's call.
+  defp crash_retries(config, opts, args) do
+    barrier = Map.get(config, :crash_barrier) || Snakepit.CrashBarrier.defaults()
+    Snakepit.CrashBarrier.retries(barrier, opts, args)
   end
 
   @doc false

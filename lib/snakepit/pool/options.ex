@@ -17,10 +17,11 @@ defmodule Snakepit.Pool.Options do
     end
   end
 
-  # `pool:` is upstream's pool *server*; when it names a configured pool, use that pool.
-  defp pool_from_server_option(pool) when is_atom(pool) and pool not in [nil, Snakepit.Pool] do
-    if pool in Snakepit.Pool.pool_names(), do: pool, else: Snakepit.Pool.default_pool()
-  end
+  # `pool:` is upstream's pool *server* (`Snakepit.Pool`, the default). Any other atom is taken
+  # as a pool name, so an unknown one gives :pool_not_found instead of silently using the
+  # default pool (upstream exited with :noproc).
+  defp pool_from_server_option(pool) when is_atom(pool) and pool not in [nil, Snakepit.Pool],
+    do: pool
 
   defp pool_from_server_option(_), do: Snakepit.Pool.default_pool()
 
@@ -46,7 +47,8 @@ defmodule Snakepit.Pool.Options do
     {arg_correlation, args} = pop_correlation_id(args)
 
     with {:ok, binaries} <- binary_parameters(Keyword.get(opts, :binary_parameters, %{})),
-         {:ok, session_id} <- session_id(Keyword.get(opts, :session_id)) do
+         {:ok, session_id} <- session_id(Keyword.get(opts, :session_id)),
+         {:ok, window} <- stream_window(Keyword.get(opts, :stream_window, @stream_window)) do
       correlation_id =
         Keyword.get(opts, :correlation_id) || arg_correlation || generate_correlation_id()
 
@@ -61,7 +63,7 @@ defmodule Snakepit.Pool.Options do
         binary_parameters: binaries,
         metadata: metadata,
         stream: stream?,
-        stream_window: Keyword.get(opts, :stream_window, @stream_window)
+        stream_window: window
       }
 
       {:ok, args, nif_opts}
@@ -84,6 +86,9 @@ defmodule Snakepit.Pool.Options do
 
   defp binary_parameters(nil), do: {:ok, %{}}
   defp binary_parameters(other), do: {:error, {:invalid_parameter, :binary_parameters, other}}
+
+  defp stream_window(n) when is_integer(n) and n > 0, do: {:ok, n}
+  defp stream_window(other), do: {:error, {:invalid_parameter, :stream_window, other}}
 
   defp session_id(nil), do: {:ok, nil}
   defp session_id(id) when is_binary(id), do: {:ok, id}

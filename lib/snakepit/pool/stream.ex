@@ -9,7 +9,7 @@ defmodule Snakepit.Pool.Stream do
   # Unlike upstream, the callback runs in the caller (not in a task of the worker).
 
   alias Snakepit.{Error, Native, Pool}
-  alias Snakepit.Pool.{Call, Options}
+  alias Snakepit.Pool.{Call, ErrorCounter, Options}
 
   @spec execute(String.t(), term(), (map() -> term()), keyword()) :: :ok | {:error, Error.t()}
   def execute(command, args, callback, opts) when is_function(callback, 1) do
@@ -18,20 +18,25 @@ defmodule Snakepit.Pool.Stream do
     meta = %{command: command, pool: Pool, pool_name: pool_name}
 
     result =
-      with {:ok, {resource, config}} <- Pool.lookup(pool_name),
-           :ok <- Call.initialized(config),
-           {:ok, timeout} <- Call.timeout(opts, config.stream_timeout),
-           {:ok, args} <- Options.args(args),
-           {:ok, args, nif_opts} <- Options.build(args, opts, timeout, true),
-           ref = make_ref(),
-           {:ok, request_id} <- Native.pool_submit(resource, ref, command, args, nif_opts) do
-        request = %{resource: resource, ref: ref, id: request_id, command: command}
-        consume(request, callback, deadline(timeout), timeout)
+      with {:ok, {resource, config}} <- Pool.lookup(pool_name) do
+        ErrorCounter.record(run(resource, config, command, args, callback, opts), config)
       end
 
     result = Error.normalize_public_result(result, meta)
     emit(started, command, pool_name, result)
     result
+  end
+
+  defp run(resource, config, command, args, callback, opts) do
+    with :ok <- Call.initialized(config),
+         {:ok, timeout} <- Call.timeout(opts, config.stream_timeout),
+         {:ok, args} <- Options.args(args),
+         {:ok, args, nif_opts} <- Options.build(args, opts, timeout, true),
+         ref = make_ref(),
+         {:ok, request_id} <- Native.pool_submit(resource, ref, command, args, nif_opts) do
+      request = %{resource: resource, ref: ref, id: request_id, command: command}
+      consume(request, callback, deadline(timeout), timeout)
+    end
   end
 
   defp consume(request, callback, deadline, timeout) do

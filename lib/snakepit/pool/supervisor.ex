@@ -4,8 +4,9 @@ defmodule Snakepit.Pool.Supervisor do
   #
   # :one_for_all because the workers are registered in the Pool's NIF resource: if the Pool
   # restarts (new resource), its workers must be restarted too. Children stop in reverse order,
-  # so on shutdown the Pool closes the scheduler (queued callers are answered) before the
-  # workers' Python processes are stopped.
+  # so on shutdown the Pool closes the scheduler (queued callers are answered) and waits for
+  # running calls to finish (its child spec's shutdown covers that grace) before the workers'
+  # Python processes are stopped.
 
   use Supervisor
 

@@ -7,13 +7,18 @@ defmodule Snakepit.Worker.Launch do
   alias Snakepit.Error
 
   @thread_caps ~w(OPENBLAS_NUM_THREADS OMP_NUM_THREADS MKL_NUM_THREADS NUMEXPR_NUM_THREADS)
+  @python_grace_ms 1_000
 
   @doc false
-  @spec port_spec(map(), String.t(), Path.t()) :: {String.t(), list()}
-  def port_spec(config, worker_id, socket) do
+  # `run_id` (Snakepit.ProcessRegistry) goes on the command line as `--snakepit-run-id`, so a
+  # later BEAM can tell this run's workers from unrelated processes that reuse their pids.
+  @spec port_spec(map(), String.t(), Path.t(), String.t() | nil) :: {String.t(), list()}
+  def port_spec(config, worker_id, socket, run_id \\ nil) do
+    run = if run_id, do: ["--snakepit-run-id", run_id], else: []
+
     args =
       ["-u", "-m", "snakepit_bridge.server"] ++
-        config.adapter_args ++ ["--socket", socket, "--worker-id", worker_id]
+        config.adapter_args ++ ["--socket", socket, "--worker-id", worker_id] ++ run
 
     options = [
       :binary,
@@ -49,7 +54,13 @@ defmodule Snakepit.Worker.Launch do
     # setsid() in Python so that terminate/2 can kill anything the adapter left in the group.
     group = if config.process_group_kill, do: [{"SNAKEPIT_PROCESS_GROUP", "1"}], else: []
 
-    ([{"PYTHONPATH", python_path}, {"PYTHONUNBUFFERED", "1"}] ++ caps ++ group ++ user_rest)
+    # Python's grace for in-flight calls once stdin closes. The pool drains its calls before
+    # it closes a worker's stdin, and when the BEAM died nobody waits for a result, so a short
+    # grace (cleanup code only) gets the process and its children gone quickly.
+    grace = [{"SNAKEPIT_SHUTDOWN_GRACE_MS", "#{@python_grace_ms}"}]
+
+    ([{"PYTHONPATH", python_path}, {"PYTHONUNBUFFERED", "1"}] ++
+       caps ++ group ++ grace ++ user_rest)
     |> Enum.reverse()
     |> Enum.uniq_by(&elem(&1, 0))
     |> Enum.reverse()

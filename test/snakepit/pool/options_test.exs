@@ -23,6 +23,15 @@ defmodule Snakepit.Pool.OptionsTest do
     assert cid =~ ~r/\A[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\z/
   end
 
+  test "stream_window must be a positive integer" do
+    assert {:ok, _, %{stream_window: 4}} = Options.build(%{}, [stream_window: 4], 1, true)
+
+    for bad <- [0, -1, :many, 1.5] do
+      assert {:error, {:invalid_parameter, :stream_window, ^bad}} =
+               Options.build(%{}, [stream_window: bad], 1, true)
+    end
+  end
+
   test "unknown affinity strings fall back to the pool's mode (nil)" do
     assert {:ok, _, %{affinity: nil}} = Options.build(%{}, [affinity: "sticky"], 1, false)
     assert {:ok, _, %{affinity: :hint}} = Options.build(%{}, [affinity: :hint], 1, false)
@@ -83,6 +92,8 @@ defmodule Snakepit.Pool.OptionsTest do
     assert Options.pool_name(pool_name: :other) == :other
     assert Options.pool_name(pool_name: "other") == "other"
     assert Options.pool_name(pool: Snakepit.Pool) == Snakepit.Pool.default_pool()
+    assert Options.pool_name(pool: :other) == :other
+    assert Options.pool_name(pool: self()) == Snakepit.Pool.default_pool()
     assert Options.pool_name([]) == Snakepit.Pool.default_pool()
   end
 end
