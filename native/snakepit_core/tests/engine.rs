@@ -878,6 +878,10 @@ async fn a_strict_session_is_never_moved_by_a_retry() {
     assert!(call.quiet_for(100).await);
     assert!(alive.observed.calls.lock().expect("lock").is_empty());
     assert_eq!(p.engine.retries(), 0);
+    // The session still names its dead worker (a tombstone), until it is deleted.
+    assert_eq!(p.engine.session_worker("s1").as_deref(), Some(dead_name));
+    p.engine.delete_session("s1");
+    assert_eq!(p.engine.session_worker("s1"), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

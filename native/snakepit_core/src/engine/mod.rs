@@ -67,6 +67,9 @@ pub use types::{
 /// Upper bound on stream credits held at once; `stream_ack` beyond it is clamped.
 const MAX_STREAM_CREDITS: usize = 1 << 20;
 
+/// How many removed workers' names are remembered for session tombstones.
+const MAX_DEPARTED_NAMES: usize = 4096;
+
 /// Default of [`EngineConfig::crash_verdict`].
 pub const DEFAULT_CRASH_VERDICT: Duration = Duration::from_millis(250);
 
@@ -277,6 +280,10 @@ impl<T: ReplyTarget> Engine<T> {
                 .ok_or_else(|| WorkerError::NotFound(name.to_owned()))?;
             let entry = state.workers.remove(&id);
             let worker_name = entry.map(|e| e.name).unwrap_or_else(|| Arc::from(name));
+            state.departed.push_back((id, worker_name.clone()));
+            if state.departed.len() > MAX_DEPARTED_NAMES {
+                state.departed.pop_front();
+            }
             let mut actions = Vec::new();
             state.scheduler.worker_down(id, now, &mut actions);
             let lost = (worker_name, reason);
@@ -364,11 +371,21 @@ impl<T: ReplyTarget> Engine<T> {
             .collect()
     }
 
-    /// The name of the worker a session is bound to, if any and still up.
+    /// The name of the worker a session is bound to, if any. A strict session whose worker was
+    /// removed still names it (the scheduler keeps it as a tombstone until the session is deleted
+    /// or expires).
     pub fn session_worker(&self, session: &str) -> Option<Arc<str>> {
         let state = self.inner.lock();
         let id = state.scheduler.session_worker(session)?;
-        state.workers.get(&id).map(|e| e.name.clone())
+        match state.workers.get(&id) {
+            Some(entry) => Some(entry.name.clone()),
+            None => state
+                .departed
+                .iter()
+                .rev()
+                .find(|(gone, _)| *gone == id)
+                .map(|(_, name)| name.clone()),
+        }
     }
 
     /// Requests the engine still tracks (queued, running or abandoned-but-running).

@@ -1,6 +1,6 @@
 //! The engine's tables and the translation of scheduler actions into effects.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,6 +27,10 @@ pub(crate) struct State<T: ReplyTarget> {
     pub(crate) requests: HashMap<RequestId, Pending<T>>,
     pub(crate) workers: HashMap<WorkerId, WorkerEntry>,
     pub(crate) by_name: HashMap<Arc<str>, WorkerId>,
+    /// Names of removed workers, newest last: a strict session keeps its dead worker as a
+    /// tombstone, and callers asking where the session lives should see that worker's name.
+    /// Bounded (oldest forgotten first) so a pool that recycles workers forever stays small.
+    pub(crate) departed: VecDeque<(WorkerId, Arc<str>)>,
     next_worker: u64,
     /// The wakeup the timer task currently sleeps towards.
     pub(crate) armed: Option<Instant>,
@@ -78,6 +82,7 @@ impl<T: ReplyTarget> State<T> {
             requests: HashMap::new(),
             workers: HashMap::new(),
             by_name: HashMap::new(),
+            departed: VecDeque::new(),
             next_worker: 1,
             armed: None,
             retries: 0,
