@@ -9,7 +9,7 @@ defmodule Snakepit.Pool.Call do
   # mid-request is cancelled without help from Elixir.
 
   alias Snakepit.{Error, Native, Pool}
-  alias Snakepit.Pool.{ErrorCounter, Options}
+  alias Snakepit.Pool.{Args, ErrorCounter, Options}
 
   @spec execute(String.t(), term(), keyword()) :: {:ok, term()} | {:error, Error.t()}
   def execute(command, args, opts) do
@@ -34,8 +34,25 @@ defmodule Snakepit.Pool.Call do
          {:ok, args, nif_opts} <- Options.build(args, opts, timeout, false),
          nif_opts = Map.put(nif_opts, :retry_on_crash, crash_retries(config, opts, args)),
          ref = make_ref(),
-         {:ok, request_id} <- Native.pool_submit(resource, ref, command, args, nif_opts) do
+         {:ok, request_id} <- submit(resource, ref, command, args, nif_opts) do
       await(resource, ref, request_id, timeout, command)
+    end
+  end
+
+  @doc false
+  # Native.pool_submit/5; a refusal because of a struct (Date, Decimal, MapSet, ...) is retried
+  # once with the structs converted as Jason would (Snakepit.Pool.Args), so plain calls never
+  # walk their arguments in Elixir.
+  @spec submit(reference(), reference(), String.t(), map(), map()) ::
+          {:ok, non_neg_integer()} | {:error, term()}
+  def submit(resource, ref, command, args, nif_opts) do
+    result = Native.pool_submit(resource, ref, command, args, nif_opts)
+
+    with true <- Args.struct_refusal?(result),
+         converted when converted != args <- Args.convert(args) do
+      Native.pool_submit(resource, ref, command, converted, nif_opts)
+    else
+      _ -> result
     end
   end
 

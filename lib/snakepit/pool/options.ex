@@ -27,7 +27,9 @@ defmodule Snakepit.Pool.Options do
 
   @doc false
   # Keyword lists are accepted as args for convenience; the NIF reports invalid values by path.
+  # A struct is not an argument map: its fields (and `__struct__`) would become arguments.
   @spec args(term()) :: {:ok, map()} | {:error, term()}
+  def args(%_{}), do: {:error, {:invalid_parameter, :args, :not_a_map}}
   def args(args) when is_map(args), do: {:ok, args}
   def args([]), do: {:ok, %{}}
 

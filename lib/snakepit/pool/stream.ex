@@ -33,7 +33,7 @@ defmodule Snakepit.Pool.Stream do
          {:ok, args} <- Options.args(args),
          {:ok, args, nif_opts} <- Options.build(args, opts, timeout, true),
          ref = make_ref(),
-         {:ok, request_id} <- Native.pool_submit(resource, ref, command, args, nif_opts) do
+         {:ok, request_id} <- Call.submit(resource, ref, command, args, nif_opts) do
       request = %{resource: resource, ref: ref, id: request_id, command: command}
       consume(request, callback, deadline(timeout), timeout)
     end

@@ -133,7 +133,7 @@ class BaseAdapter:
 
     @property
     def session_id(self) -> str | None:
-        """The caller's session id, or ``None``."""
+        """The caller's session id (the worker's id for session-less calls), or ``None``."""
         ctx = self.session_context
         return getattr(ctx, "session_id", None) if ctx is not None else None
 

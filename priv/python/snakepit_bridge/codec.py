@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -30,6 +31,8 @@ _BYTES_TYPES = (bytes, bytearray, memoryview)
 # numpy, datetime). Their return value is converted recursively.
 _CONVERTER_METHODS = ("model_dump", "to_dict", "_asdict", "tolist", "isoformat")
 _DEFAULT_TOLIST_MAX_ELEMENTS = 1_000_000
+# Ints below 2000 bits (602 digits) are under any int/str digit limit Python allows (>= 640).
+_INT_DIGITS_CHECK_BITS = 2_000
 
 
 class EncodedResult(NamedTuple):
@@ -126,6 +129,24 @@ def _check_utf8(text: str, path: str) -> str:
     return str(text)
 
 
+def _check_int_digits(value: int, path: str) -> int:
+    """``value`` if Python can print it; else an error naming the field.
+
+    Python refuses int -> str conversions beyond ``sys.get_int_max_str_digits()`` digits
+    (4300 by default since 3.11 and recent 3.10 patch releases; a guard against quadratic-time
+    conversions).
+    """
+    if value.bit_length() > _INT_DIGITS_CHECK_BITS:
+        try:
+            str(value)
+        except ValueError:
+            raise ValueError(
+                f"{path}: integer with more than {sys.get_int_max_str_digits()} digits cannot "
+                "be encoded (Python's int max_str_digits limit); return it as a string"
+            ) from None
+    return value
+
+
 def _key_to_str(key: Any, path: str) -> str:
     """Stringify a dict key the way ``json.dumps`` does, extended to any key type."""
     if isinstance(key, str):
@@ -158,7 +179,7 @@ class _Converter:
         if value is None or isinstance(value, bool):
             return value
         if isinstance(value, int):
-            return int(value)  # int subclasses (IntEnum, ...) become plain ints
+            return _check_int_digits(int(value), path)  # IntEnum & co. become plain ints
         if isinstance(value, float):
             return _float_to_json(value)
         if isinstance(value, str):
@@ -255,7 +276,10 @@ def encode_json(value: Any, path: str = "result") -> bytes:
     try:
         return _dump_fast(value)
     except (TypeError, ValueError, UnicodeEncodeError, RecursionError):
-        return _dump(to_json_value(value, path))
+        pass
+    # Outside the except block: an error of the converter must not be chained to the fast
+    # path's internal one (the caller's traceback would show both).
+    return _dump(to_json_value(value, path))
 
 
 def json_type_name(value: Any) -> str:
@@ -297,8 +321,9 @@ def encode_result(value: Any) -> EncodedResult:
     try:
         return EncodedResult(json_type_name(value), _dump_fast(value), b"")
     except (TypeError, ValueError, UnicodeEncodeError, RecursionError):
-        converted = to_json_value(value, "result")
-        return EncodedResult(json_type_name(converted), _dump(converted), b"")
+        pass
+    converted = to_json_value(value, "result")  # not chained to the fast path's error
+    return EncodedResult(json_type_name(converted), _dump(converted), b"")
 
 
 def encode_chunk_data(item: Any, path: str = "chunk") -> bytes:

@@ -1,7 +1,8 @@
 """``SessionContext``: what a tool call knows about its caller (contract §7.4).
 
 Unlike upstream Snakepit, ``session_id`` is the *caller's* session id (the ``session_id`` the
-Elixir caller passed), or ``None`` when the call has no session. There is no Elixir callback
+Elixir caller passed). For a call without a session, Snakepit sends the serving worker's id (what
+upstream always sent); ``None`` only when the request's ``session_id`` is empty. There is no Elixir callback
 server in this runtime, so Elixir tools cannot be called from Python.
 """
 
@@ -20,7 +21,8 @@ class SessionContext:
 
     Attributes:
         stub: gRPC stub towards Elixir in upstream Snakepit; always ``None`` here.
-        session_id: the caller's session id, or ``None`` for session-less calls.
+        session_id: the caller's session id; the serving worker's id for session-less calls
+            from Snakepit; ``None`` when the request carries none.
         request_metadata: the request's string metadata (``correlation_id``, ...).
     """
 

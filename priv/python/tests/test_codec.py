@@ -6,6 +6,8 @@ import collections
 import datetime
 import json
 import math
+import sys
+import traceback
 
 import pytest
 from google.protobuf import any_pb2
@@ -136,6 +138,25 @@ class TestEncode:
     def test_lone_surrogate_names_the_field(self):
         with pytest.raises(ValueError, match=r'result\["s"\]: string contains a lone surrogate'):
             codec.encode_result({"s": "ok\udc80"})
+
+    def test_errors_are_not_chained_to_the_fast_path(self):
+        # The traceback sent to Elixir shows the field error only, not the fast path's failure.
+        for encode in (
+            lambda: codec.encode_result({"a": [b"x"]}),
+            lambda: codec.encode_json({"s": "\udc80"}, "chunk[1]"),
+        ):
+            with pytest.raises((TypeError, ValueError)) as info:
+                encode()
+            text = "".join(traceback.format_exception(info.value))
+            assert "During handling" not in text and "not plain JSON" not in text
+
+    def test_ints_beyond_the_str_digit_limit_name_the_field(self):
+        assert _result({"n": 10**600})[1] == {"n": 10**600}
+        if not hasattr(sys, "get_int_max_str_digits"):
+            pytest.skip("no int/str digit limit in this Python")
+        too_many = 10 ** (sys.get_int_max_str_digits() + 1)
+        with pytest.raises(ValueError, match=r'result\["n"\]\[0\]: integer with more than'):
+            codec.encode_result({"n": [too_many]})
 
     def test_circular_reference_is_an_error(self):
         loop: list = []

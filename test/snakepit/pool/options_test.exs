@@ -86,6 +86,9 @@ defmodule Snakepit.Pool.OptionsTest do
     assert Options.args([]) == {:ok, %{}}
     assert Options.args([1, 2]) == {:error, {:invalid_parameter, :args, :not_a_map}}
     assert Options.args("x") == {:error, {:invalid_parameter, :args, :not_a_map}}
+    # Structs are not argument maps (their fields would become arguments, `__struct__` too).
+    assert Options.args(~D[2024-01-02]) == {:error, {:invalid_parameter, :args, :not_a_map}}
+    assert Options.args(MapSet.new([1])) == {:error, {:invalid_parameter, :args, :not_a_map}}
   end
 
   test "pool_name: explicit option, else the default pool" do
