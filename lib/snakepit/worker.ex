@@ -270,7 +270,28 @@ defmodule Snakepit.Worker do
 
   # -- stdout protocol ---------------------------------------------------------------------------
 
-  defp handle_line("SNAKEPIT_READY " <> json, %{status: :starting} = state) do
+  # Only the server prints this line after binding its socket; an adapter that prints the same
+  # text while it is imported (before the socket exists) must not register the worker early.
+  defp handle_line("SNAKEPIT_READY " <> json = line, %{status: :starting} = state) do
+    if File.exists?(state.socket) do
+      register_ready(json, state)
+    else
+      log_line(line, state)
+    end
+  end
+
+  defp handle_line("SNAKEPIT_FAILED " <> json, state) do
+    {:noreply, %{state | failure: Launch.failure_payload(json)}}
+  end
+
+  defp handle_line(line, state), do: log_line(line, state)
+
+  defp log_line(line, state) do
+    Logger.debug("[snakepit #{state.id}] #{line}")
+    {:noreply, %{state | tail: Enum.take([line | state.tail], @tail_lines)}}
+  end
+
+  defp register_ready(json, state) do
     python_pid = Launch.ready_pid(json) || state.os_pid
     endpoint = "unix:" <> state.socket
 
@@ -309,15 +330,6 @@ defmodule Snakepit.Worker do
       {:error, reason} ->
         startup_failed(state, "the scheduler refused the worker: #{inspect(reason)}", nil)
     end
-  end
-
-  defp handle_line("SNAKEPIT_FAILED " <> json, state) do
-    {:noreply, %{state | failure: Launch.failure_payload(json)}}
-  end
-
-  defp handle_line(line, state) do
-    Logger.debug("[snakepit #{state.id}] #{line}")
-    {:noreply, %{state | tail: Enum.take([line | state.tail], @tail_lines)}}
   end
 
   # -- failure and shutdown ----------------------------------------------------------------------

@@ -1,0 +1,24 @@
+defmodule Snakepit.Integration.ReadyLineTest do
+  # Readiness comes from the worker server, after it bound its socket. An adapter that prints
+  # the same line while it is imported must not get its worker registered before it serves.
+  use ExUnit.Case, async: false
+
+  import Snakepit.TestSupport
+
+  @moduletag :capture_log
+
+  test "a fake SNAKEPIT_READY printed at adapter import does not register the worker early" do
+    pool = %{
+      name: :noisy,
+      pool_size: 1,
+      adapter_args: ["--adapter", "snakepit_noisy_adapter.NoisyAdapter"],
+      adapter_env: fixture_env()
+    }
+
+    assert :ok = try_start_snakepit([pools: [pool]], 30_000)
+
+    # The first call right after readiness must reach a serving worker.
+    assert {:ok, pid} = Snakepit.execute("pid", %{}, pool_name: :noisy, timeout: 10_000)
+    assert is_integer(pid) and pid != String.to_integer(System.pid())
+  end
+end
