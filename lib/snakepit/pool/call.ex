@@ -117,14 +117,23 @@ defmodule Snakepit.Pool.Call do
     end
   end
 
-  defp emit(started, command, pool_name, result) do
+  defp emit(started, command, pool_name, result),
+    do: emit_executed(started, %{pool: pool_name, command: command, success: ok?(result)})
+
+  defp ok?({:ok, _}), do: true
+  defp ok?(_), do: false
+
+  # `[:snakepit, :request, :executed]` from the caller's process, for unary calls and streams.
+  @doc false
+  @spec emit_executed(integer(), map()) :: :ok
+  def emit_executed(started, metadata) do
     Snakepit.Telemetry.execute(
       [:snakepit, :request, :executed],
       %{
         duration_us:
           System.convert_time_unit(System.monotonic_time() - started, :native, :microsecond)
       },
-      %{pool: pool_name, worker_id: nil, command: command, success: match?({:ok, _}, result)}
+      Map.put(metadata, :worker_id, nil)
     )
   end
 end

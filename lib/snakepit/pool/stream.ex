@@ -115,20 +115,12 @@ defmodule Snakepit.Pool.Stream do
   end
 
   defp emit(started, command, pool_name, result) do
-    Snakepit.Telemetry.execute(
-      [:snakepit, :request, :executed],
-      %{
-        duration_us:
-          System.convert_time_unit(System.monotonic_time() - started, :native, :microsecond)
-      },
-      %{
-        pool: pool_name,
-        worker_id: nil,
-        command: command,
-        success: result == :ok,
-        streaming: true
-      }
-    )
+    Snakepit.Pool.Call.emit_executed(started, %{
+      pool: pool_name,
+      command: command,
+      success: result == :ok,
+      streaming: true
+    })
   end
 
   defp deadline(:infinity), do: :infinity

@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use rustler::types::atom;
 use rustler::{Atom, Binary, Encoder, Env, MapIterator, NewBinary, Term, TermType};
-use snakepit_core::codec::{SpecialFloat, Value, MAX_DEPTH};
+use snakepit_core::codec::{join_path, PathSegment, SpecialFloat, Value, MAX_DEPTH};
 
 use crate::atoms;
 
@@ -54,10 +54,7 @@ pub struct InvalidParameter {
 }
 
 /// One step of an error path, collected while the recursion unwinds.
-enum Segment {
-    Key(String),
-    Index(usize),
-}
+type Segment = PathSegment<String>;
 
 struct Failure {
     /// Innermost first.
@@ -79,22 +76,7 @@ impl Failure {
     }
 
     fn at(self, root: &str) -> InvalidParameter {
-        let mut path = root.to_owned();
-        for seg in self.segments.iter().rev() {
-            match seg {
-                Segment::Key(k) => {
-                    if !path.is_empty() {
-                        path.push('.');
-                    }
-                    path.push_str(k);
-                }
-                Segment::Index(i) => {
-                    path.push('[');
-                    path.push_str(&i.to_string());
-                    path.push(']');
-                }
-            }
-        }
+        let path = join_path(root, &self.segments);
         InvalidParameter {
             path,
             message: self.message,

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::io::Write;
 
+use super::path::{join_path, PathSegment};
 use super::{SpecialFloat, Value};
 
 /// Key of the one-entry object that carries a non-finite float.
@@ -28,37 +29,10 @@ pub struct EncodeError {
 #[error("invalid JSON: {0}")]
 pub struct DecodeError(pub String);
 
-/// One step of an error path, collected while the recursion unwinds.
-enum Segment<'a> {
-    Key(&'a str),
-    Index(usize),
-}
-
 struct Failure<'a> {
     /// Innermost segment first.
-    segments: Vec<Segment<'a>>,
+    segments: Vec<PathSegment<&'a str>>,
     message: String,
-}
-
-/// Renders a path from its root prefix and its segments (given innermost first).
-fn join_path(prefix: &str, segments_inner_first: &[Segment<'_>]) -> String {
-    let mut path = String::from(prefix);
-    for seg in segments_inner_first.iter().rev() {
-        match seg {
-            Segment::Key(k) => {
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(k);
-            }
-            Segment::Index(i) => {
-                path.push('[');
-                path.push_str(&i.to_string());
-                path.push(']');
-            }
-        }
-    }
-    path
 }
 
 /// Deepest nesting the encoder accepts (the root is level 0). The NIF refuses deeper terms with
@@ -171,7 +145,7 @@ impl Writer {
                         self.out.push(b',');
                     }
                     self.value(item, depth + 1)
-                        .map_err(|f| f.within(Segment::Index(i)))?;
+                        .map_err(|f| f.within(PathSegment::Index(i)))?;
                 }
                 self.out.push(b']');
             }
@@ -182,11 +156,11 @@ impl Writer {
                         self.out.push(b',');
                     }
                     self.check(k.len().saturating_add(3))
-                        .map_err(|f| f.within(Segment::Key(k)))?;
+                        .map_err(|f| f.within(PathSegment::Key(k)))?;
                     write_str(&mut self.out, k);
                     self.out.push(b':');
                     self.value(v, depth + 1)
-                        .map_err(|f| f.within(Segment::Key(k)))?;
+                        .map_err(|f| f.within(PathSegment::Key(k)))?;
                 }
                 self.out.push(b'}');
             }
@@ -196,7 +170,7 @@ impl Writer {
 }
 
 impl<'a> Failure<'a> {
-    fn within(mut self, seg: Segment<'a>) -> Self {
+    fn within(mut self, seg: PathSegment<&'a str>) -> Self {
         self.segments.push(seg);
         self
     }

@@ -6,11 +6,13 @@
 //! - [`wire`]: the contract §6.2 conventions on top of the generated protobuf types.
 
 pub mod json;
+pub mod path;
 pub mod wire;
 
 pub use json::{
     decode_json, encode_json, encode_json_limited, DecodeError, EncodeError, MAX_DEPTH,
 };
+pub use path::{join_path, PathSegment};
 pub use wire::{
     build_request, build_request_limited, chunk_payload, decode_response, python_error,
     python_error_from_status, CallSpec, ChunkPayload, ToolResult,
