@@ -11,6 +11,8 @@ defmodule Snakepit.Pool.Call do
   alias Snakepit.{Error, Native, Pool}
   alias Snakepit.Pool.{Args, ErrorCounter, Options}
 
+  @max_receive_timeout 4_294_967_295
+
   @spec execute(String.t(), term(), keyword()) :: {:ok, term()} | {:error, Error.t()}
   def execute(command, args, opts) do
     started = System.monotonic_time()
@@ -29,6 +31,7 @@ defmodule Snakepit.Pool.Call do
 
   defp run(resource, config, command, args, opts) do
     with :ok <- initialized(config),
+         {:ok, command} <- Options.command(command),
          {:ok, timeout} <- timeout(opts, config.request_timeout),
          {:ok, args} <- Options.args(args),
          {:ok, args, nif_opts} <- Options.build(args, opts, timeout, false),
@@ -46,14 +49,26 @@ defmodule Snakepit.Pool.Call do
   @spec submit(reference(), reference(), String.t(), map(), map()) ::
           {:ok, non_neg_integer()} | {:error, term()}
   def submit(resource, ref, command, args, nif_opts) do
-    result = Native.pool_submit(resource, ref, command, args, nif_opts)
+    result = native_submit(resource, ref, command, args, nif_opts)
 
     with true <- Args.struct_refusal?(result),
          converted when converted != args <- Args.convert(args) do
-      Native.pool_submit(resource, ref, command, converted, nif_opts)
+      native_submit(resource, ref, command, converted, nif_opts)
     else
       _ -> result
     end
+  end
+
+  # The options are validated in Elixir first; an option the NIF still refuses (it raises, as
+  # any NIF given a bad argument) must reach the caller as an error tuple, not an exception.
+  defp native_submit(resource, ref, command, args, nif_opts) do
+    Native.pool_submit(resource, ref, command, args, nif_opts)
+  rescue
+    e in ErlangError ->
+      case e.original do
+        {:invalid_option, key, message} -> {:error, {:invalid_parameter, key, message}}
+        _ -> reraise e, __STACKTRACE__
+      end
   end
 
   # Resubmissions after a worker crash (Snakepit.CrashBarrier); the NIF never moves a strict
@@ -77,6 +92,8 @@ defmodule Snakepit.Pool.Call do
     case Keyword.get(opts, :timeout) do
       nil -> {:ok, default}
       :infinity -> {:ok, :infinity}
+      # `receive ... after` takes at most 2^32 - 1 ms (about 50 days): longer means forever.
+      ms when is_integer(ms) and ms > @max_receive_timeout -> {:ok, :infinity}
       ms when is_integer(ms) and ms >= 0 -> {:ok, ms}
       other -> {:error, {:invalid_parameter, :timeout, other}}
     end

@@ -26,6 +26,20 @@ defmodule Snakepit.Pool.Options do
   defp pool_from_server_option(_), do: Snakepit.Pool.default_pool()
 
   @doc false
+  # The tool name: a UTF-8 string (an atom is taken by name, as Python sees names).
+  @spec command(term()) :: {:ok, String.t()} | {:error, term()}
+  def command(command) when is_binary(command) do
+    if String.valid?(command) and command != "",
+      do: {:ok, command},
+      else: {:error, {:invalid_parameter, :command, command}}
+  end
+
+  def command(command) when is_atom(command) and command not in [nil, true, false],
+    do: {:ok, Atom.to_string(command)}
+
+  def command(command), do: {:error, {:invalid_parameter, :command, command}}
+
+  @doc false
   # Keyword lists are accepted as args for convenience; the NIF reports invalid values by path.
   # A struct is not an argument map: its fields (and `__struct__`) would become arguments.
   @spec args(term()) :: {:ok, map()} | {:error, term()}
@@ -79,10 +93,15 @@ defmodule Snakepit.Pool.Options do
   end
 
   defp binary_parameters(params) when is_map(params) or is_list(params) do
-    Enum.reduce_while(params, {:ok, %{}}, fn {key, value}, {:ok, acc} ->
-      if is_binary(value),
-        do: {:cont, {:ok, Map.put(acc, to_string(key), value)}},
-        else: {:halt, {:error, {:invalid_parameter, key, :not_binary}}}
+    Enum.reduce_while(params, {:ok, %{}}, fn
+      {key, value}, {:ok, acc} when is_binary(value) and (is_binary(key) or is_atom(key)) ->
+        {:cont, {:ok, Map.put(acc, to_string(key), value)}}
+
+      {key, _value}, _acc ->
+        {:halt, {:error, {:invalid_parameter, key, :not_binary}}}
+
+      other, _acc ->
+        {:halt, {:error, {:invalid_parameter, :binary_parameters, other}}}
     end)
   end
 
@@ -93,7 +112,11 @@ defmodule Snakepit.Pool.Options do
   defp stream_window(other), do: {:error, {:invalid_parameter, :stream_window, other}}
 
   defp session_id(nil), do: {:ok, nil}
-  defp session_id(id) when is_binary(id), do: {:ok, id}
+
+  defp session_id(id) when is_binary(id) do
+    if String.valid?(id), do: {:ok, id}, else: {:error, {:invalid_parameter, :session_id, id}}
+  end
+
   defp session_id(id) when is_atom(id) or is_integer(id), do: {:ok, to_string(id)}
   defp session_id(id), do: {:error, {:invalid_parameter, :session_id, id}}
 

@@ -27,8 +27,16 @@ defmodule Snakepit.Pool.Stream do
     result
   end
 
+  def execute(command, _args, callback, _opts) do
+    Error.normalize_public_result(
+      {:error, {:invalid_parameter, :callback, callback}},
+      %{command: command, pool: Pool}
+    )
+  end
+
   defp run(resource, config, command, args, callback, opts) do
     with :ok <- Call.initialized(config),
+         {:ok, command} <- Options.command(command),
          {:ok, timeout} <- Call.timeout(opts, config.stream_timeout),
          {:ok, args} <- Options.args(args),
          {:ok, args, nif_opts} <- Options.build(args, opts, timeout, true),

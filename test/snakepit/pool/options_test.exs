@@ -99,4 +99,30 @@ defmodule Snakepit.Pool.OptionsTest do
     assert Options.pool_name(pool: self()) == Snakepit.Pool.default_pool()
     assert Options.pool_name([]) == Snakepit.Pool.default_pool()
   end
+
+  test "command: a UTF-8 string or an atom's name" do
+    assert Options.command("ping") == {:ok, "ping"}
+    assert Options.command(:ping) == {:ok, "ping"}
+    assert Options.command(1) == {:error, {:invalid_parameter, :command, 1}}
+    assert Options.command(nil) == {:error, {:invalid_parameter, :command, nil}}
+    assert Options.command("") == {:error, {:invalid_parameter, :command, ""}}
+    assert Options.command(<<0xFF>>) == {:error, {:invalid_parameter, :command, <<0xFF>>}}
+  end
+
+  test "invalid UTF-8 session ids and malformed binary_parameters are errors, not raises" do
+    assert {:error, {:invalid_parameter, :session_id, <<0xFF>>}} =
+             Options.build(%{}, [session_id: <<0xFF>>], 1_000, false)
+
+    assert {:error, {:invalid_parameter, :binary_parameters, 1}} =
+             Options.build(%{}, [binary_parameters: [1]], 1_000, false)
+
+    assert {:error, {:invalid_parameter, "k", :not_binary}} =
+             Options.build(%{}, [binary_parameters: %{"k" => 1}], 1_000, false)
+  end
+
+  test "timeouts beyond what receive accepts mean :infinity" do
+    assert Snakepit.Pool.Call.timeout([timeout: Integer.pow(2, 70)], 5) == {:ok, :infinity}
+    assert Snakepit.Pool.Call.timeout([timeout: 4_294_967_295], 5) == {:ok, 4_294_967_295}
+    assert {:error, _} = Snakepit.Pool.Call.timeout([timeout: -1], 5)
+  end
 end
