@@ -248,4 +248,14 @@ defmodule Snakepit.ConfigTest do
     assert Config.parse_affinity("x") == nil
     assert Config.parse_affinity(nil) == nil
   end
+
+  test "unknown pool keys are logged with the closest known key" do
+    log =
+      ExUnit.CaptureLog.capture_log(fn ->
+        config = load!(pooling_enabled: true, pools: [%{name: :p, pool_szie: 1, pool_size: 2}])
+        assert [%{name: :p, pool_size: 2}] = config.pools
+      end)
+
+    assert log =~ "unknown key :pool_szie in pool :p (did you mean :pool_size?)"
+  end
 end

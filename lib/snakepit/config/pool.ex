@@ -31,6 +31,8 @@ defmodule Snakepit.Config.Pool do
 
   alias Snakepit.Defaults
 
+  require Logger
+
   @type t :: %{
           name: atom(),
           pool_size: pos_integer(),
@@ -113,7 +115,13 @@ defmodule Snakepit.Config.Pool do
   defp name(%{name: name}), do: {:error, "invalid :name #{inspect(name)} (expected an atom)"}
   defp name(_), do: {:error, "missing required key :name"}
 
+  # Keys a pool map may carry besides the defaults' (upstream's per-pool keys, contract §3.3).
+  @extra_keys ~w(name adapter_args adapter_env adapter_spec heartbeat crash_barrier
+                 startup_batch_size startup_batch_delay_ms thread_safety_checks worker_ttl
+                 worker_max_requests memory_threshold_mb)a
+
   defp normalize_named(pool, name, defaults) do
+    warn_unknown_keys(pool, name, defaults)
     merged = Map.merge(defaults, pool)
     key = fn k -> "#{inspect(k)} for pool #{inspect(name)}" end
 
@@ -267,4 +275,21 @@ defmodule Snakepit.Config.Pool do
 
   defp executable_error(path, key),
     do: ["invalid #{key}: #{inspect(path)} (expected a path string)"]
+
+  # A misspelt key (`pool_szie: 1`) would otherwise be ignored without a trace and the pool
+  # started with the default; name it, with the closest known key.
+  defp warn_unknown_keys(pool, name, defaults) do
+    known = Map.keys(defaults) ++ @extra_keys
+
+    for key <- Map.keys(pool), key not in known do
+      best = Enum.max_by(known, &similarity(&1, key))
+      hint = if similarity(best, key) > 0.8, do: " (did you mean #{inspect(best)}?)", else: ""
+
+      Logger.warning("Snakepit: unknown key #{inspect(key)} in pool #{inspect(name)}#{hint}")
+    end
+
+    :ok
+  end
+
+  defp similarity(a, b), do: String.jaro_distance(to_string(a), to_string(b))
 end
