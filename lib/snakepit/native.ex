@@ -51,6 +51,7 @@ defmodule Snakepit.Native do
 
   def pool_new(_config, _owner_pid), do: not_loaded()
   def pool_close(_pool), do: not_loaded()
+  def pool_fail_queued(_pool), do: not_loaded()
 
   # -- workers -----------------------------------------------------------------------------------
 

@@ -511,6 +511,9 @@ defmodule Snakepit.Pool do
     if ready_count(state) == 0 and map_size(state.failures) >= state.config.pool_size do
       init_error = state.init_error || pool_start_error(state.name, error)
       :atomics.put(state.config.status, 1, @status_failed)
+      # Calls queued meanwhile (made while the pool was starting) fail now, like new ones,
+      # instead of waiting for the queue timeout; so do calls that read the status just before.
+      Native.pool_fail_queued(state.resource)
       Enum.each(state.waiters, &GenServer.reply(&1, {:error, init_error}))
       %{state | init_error: init_error, waiters: []}
     else

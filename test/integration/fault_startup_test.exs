@@ -93,6 +93,54 @@ defmodule Snakepit.Integration.FaultStartupTest do
     assert eventually(fn -> length(Snakepit.list_workers()) == 2 end, 15_000)
   end
 
+  test "calls queued while the pool starts get :pool_not_initialized as soon as every worker fails" do
+    configure_snakepit(
+      pools: [
+        %{name: :nope, pool_size: 2, adapter_args: ["--adapter", "nope.Nope"]}
+      ]
+    )
+
+    {:ok, _} = Application.ensure_all_started(:snakepit)
+    # The workers are still importing their adapter: these calls queue in the NIF.
+    assert Snakepit.Pool.status(pool_config(:nope)) == :starting
+
+    calls = [
+      fn -> Snakepit.execute("ping", %{}, pool_name: :nope, timeout: 30_000) end,
+      fn ->
+        Snakepit.execute("ping", %{}, pool_name: :nope, session_id: "s", affinity: :strict_queue)
+      end,
+      fn ->
+        Snakepit.execute_stream("count", %{}, fn _ -> :ok end, pool_name: :nope, timeout: 30_000)
+      end
+    ]
+
+    results =
+      calls
+      |> Enum.map(fn call -> Task.async(fn -> timed(call) end) end)
+      |> Task.await_many(30_000)
+
+    for {ms, result} <- results do
+      assert {:error, %Error{category: :pool, details: %{reason: :pool_not_initialized}}} = result
+
+      assert ms < 3_000
+    end
+
+    assert Snakepit.Pool.status(pool_config(:nope)) == :init_failed
+    stats = nif_stats(:nope)
+    assert stats.no_workers_available == 3
+    assert stats.queue_timeouts == 0
+    assert stats.queued == 0
+
+    # Calls made now are refused before the NIF, with the same error.
+    assert {:error, %Error{category: :pool, details: %{reason: :pool_not_initialized}}} =
+             Snakepit.execute("ping", %{}, pool_name: :nope)
+  end
+
+  defp pool_config(name) do
+    {:ok, {_resource, config}} = Snakepit.Pool.lookup(name)
+    config
+  end
+
   # await_ready answers the start error at once while the pool is failed; poll until the
   # retries (every few seconds at most) bring up a worker.
   defp retry_await(:ok), do: :ok

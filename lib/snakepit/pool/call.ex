@@ -21,7 +21,7 @@ defmodule Snakepit.Pool.Call do
 
     result =
       with {:ok, {resource, config}} <- Pool.lookup(pool_name) do
-        ErrorCounter.record(run(resource, config, command, args, opts), config)
+        ErrorCounter.record(not_initialized(run(resource, config, command, args, opts)), config)
       end
 
     result = Error.normalize_public_result(result, meta)
@@ -87,6 +87,17 @@ defmodule Snakepit.Pool.Call do
   end
 
   @doc false
+  # Calls already queued when the pool found that every worker failed to start (or submitted
+  # at that instant) are answered by the NIF with {:pool, :no_workers_available}
+  # (Snakepit.Pool calls Native.pool_fail_queued/1 as it marks the pool failed, the only source
+  # of that reason): they get the same error as the calls made afterwards.
+  @spec not_initialized(term()) :: term()
+  def not_initialized({:error, {:pool, :no_workers_available}}),
+    do: {:error, :pool_not_initialized}
+
+  def not_initialized(result), do: result
+
+  @doc false
   @spec timeout(keyword(), timeout()) :: {:ok, timeout()} | {:error, term()}
   def timeout(opts, default) do
     case Keyword.get(opts, :timeout) do
@@ -105,6 +116,11 @@ defmodule Snakepit.Pool.Call do
       # fires; both mean the caller's timeout passed, so both give the same error.
       {:snakepit_reply, ^ref, {:error, {:grpc, :deadline_exceeded, _}}} ->
         {:error, timeout_error(timeout, command)}
+
+      # A result holding a map with more than 128 keys comes as external term format (the NIF
+      # cannot build it off a scheduler thread, erlang/otp#8208); decoded here, it is the same term.
+      {:snakepit_reply, ^ref, {:etf, etf}} ->
+        :erlang.binary_to_term(etf)
 
       {:snakepit_reply, ^ref, result} ->
         result
@@ -129,6 +145,7 @@ defmodule Snakepit.Pool.Call do
     receive do
       {:snakepit_reply, ^ref, _} -> flush(ref)
       {:snakepit_chunk, ^ref, _, _, _} -> flush(ref)
+      {:snakepit_chunk_etf, ^ref, _} -> flush(ref)
     after
       0 -> :ok
     end

@@ -19,7 +19,10 @@ defmodule Snakepit.Pool.Stream do
 
     result =
       with {:ok, {resource, config}} <- Pool.lookup(pool_name) do
-        ErrorCounter.record(run(resource, config, command, args, callback, opts), config)
+        resource
+        |> run(config, command, args, callback, opts)
+        |> Call.not_initialized()
+        |> ErrorCounter.record(config)
       end
 
     result = Error.normalize_public_result(result, meta)
@@ -52,22 +55,18 @@ defmodule Snakepit.Pool.Stream do
 
     receive do
       {:snakepit_chunk, ^ref, payload, is_final, metadata} ->
-        case run_callback(callback, chunk(payload, is_final, metadata)) do
-          :halt ->
-            stop(request)
-            :ok
+        on_chunk(request, callback, deadline, timeout, chunk(payload, is_final, metadata))
 
-          {:halt, reason} ->
-            stop(request)
-            {:error, reason}
+      # Chunks and replies holding a map with more than 128 keys come as external term format
+      # (the NIF cannot build them off a scheduler thread, erlang/otp#8208).
+      {:snakepit_chunk_etf, ^ref, etf} ->
+        {payload, is_final, metadata} = :erlang.binary_to_term(etf)
+        on_chunk(request, callback, deadline, timeout, chunk(payload, is_final, metadata))
 
-          {:callback_exception, _, _} = failure ->
-            stop(request)
-            {:error, failure}
-
-          _continue ->
-            Native.pool_stream_ack(request.resource, request.id, 1)
-            consume(request, callback, deadline, timeout)
+      {:snakepit_reply, ^ref, {:etf, etf}} ->
+        case :erlang.binary_to_term(etf) do
+          {:ok, _} -> :ok
+          {:error, _} = error -> error
         end
 
       {:snakepit_reply, ^ref, :done} ->
@@ -85,6 +84,26 @@ defmodule Snakepit.Pool.Stream do
       remaining(deadline) ->
         stop(request)
         {:error, Call.timeout_error(timeout, request.command)}
+    end
+  end
+
+  defp on_chunk(request, callback, deadline, timeout, chunk) do
+    case run_callback(callback, chunk) do
+      :halt ->
+        stop(request)
+        :ok
+
+      {:halt, reason} ->
+        stop(request)
+        {:error, reason}
+
+      {:callback_exception, _, _} = failure ->
+        stop(request)
+        {:error, failure}
+
+      _continue ->
+        Native.pool_stream_ack(request.resource, request.id, 1)
+        consume(request, callback, deadline, timeout)
     end
   end
 

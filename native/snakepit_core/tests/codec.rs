@@ -5,7 +5,7 @@ use prost_types::Any;
 use snakepit_core::codec::{
     build_request, build_request_limited, chunk_payload, decode_json, decode_response, encode_json,
     encode_json_limited, python_error, python_error_from_status, CallSpec, ChunkPayload,
-    SpecialFloat, ToolResult, Value, MAX_DEPTH,
+    InvalidResult, ResponseError, SpecialFloat, ToolResult, Value, MAX_DEPTH,
 };
 use snakepit_core::pb::ExecuteToolResponse;
 
@@ -307,7 +307,9 @@ fn decodes_python_errors() {
         error_message: r#"{"type":"ValueError","message":"bad","traceback":"tb"}"#.into(),
         ..Default::default()
     };
-    let err = decode_response(resp).unwrap_err();
+    let ResponseError::Python(err) = decode_response(resp).unwrap_err() else {
+        panic!("not a Python error")
+    };
     assert_eq!(err.get("type"), Some(&Value::str("ValueError")));
     assert_eq!(err.get("traceback"), Some(&Value::str("tb")));
 
@@ -334,19 +336,75 @@ fn recognises_python_errors_in_stream_statuses() {
 
 #[test]
 fn chunk_payloads_are_classified() {
-    assert_eq!(chunk_payload(vec![]), ChunkPayload::Empty);
+    assert_eq!(chunk_payload(vec![]), Ok(ChunkPayload::Empty));
     assert_eq!(
         chunk_payload(br#"{"i":1}"#.to_vec()),
-        ChunkPayload::Json(map(vec![("i", Value::Int(1))]))
+        Ok(ChunkPayload::Json(map(vec![("i", Value::Int(1))])))
     );
     assert_eq!(
         chunk_payload(b"[1]".to_vec()),
-        ChunkPayload::Json(Value::List(vec![Value::Int(1)]))
+        Ok(ChunkPayload::Json(Value::List(vec![Value::Int(1)])))
     );
     // Python sends str chunks as UTF-8, not JSON.
     assert_eq!(
         chunk_payload(b"hello".to_vec()),
-        ChunkPayload::Raw(b"hello".to_vec())
+        Ok(ChunkPayload::Raw(b"hello".to_vec()))
+    );
+}
+
+/// `levels` nested JSON arrays around `1`.
+fn nested_json(levels: usize) -> Vec<u8> {
+    format!("{}1{}", "[".repeat(levels), "]".repeat(levels)).into_bytes()
+}
+
+#[test]
+fn results_nested_too_deep_are_errors_not_strings() {
+    // 128 levels decode (as deep as the NIF accepts arguments, so an echo round-trips); 129
+    // and more are refused with a clear error (never raw bytes).
+    let deepest = (1..MAX_DEPTH).fold(Value::List(vec![Value::Int(1)]), |v, _| {
+        Value::List(vec![v])
+    });
+    assert_eq!(encode_json(&deepest).unwrap(), nested_json(MAX_DEPTH));
+    assert_eq!(
+        decode_response(ok_response(&nested_json(128), b"")),
+        Ok(ToolResult::Value(deepest))
+    );
+    // Brackets inside strings do not count.
+    let in_string = format!("[\"{}\\\"{}\"]", "[".repeat(300), "{".repeat(300));
+    assert!(matches!(
+        decode_json(in_string.as_bytes()),
+        Ok(Value::List(_))
+    ));
+    for levels in [129, 130, 10_000] {
+        assert_eq!(
+            decode_response(ok_response(&nested_json(levels), b"")),
+            Err(ResponseError::Invalid(InvalidResult {
+                path: "result".into(),
+                message: "result nests deeper than 128 levels".into(),
+            })),
+            "{levels}"
+        );
+    }
+    let deep_meta = format!("{{\"m\":{}}}", String::from_utf8(nested_json(200)).unwrap());
+    assert!(matches!(
+        decode_response(ok_response(deep_meta.as_bytes(), b"\x00")),
+        Err(ResponseError::Invalid(_))
+    ));
+    assert!(matches!(
+        chunk_payload(nested_json(128)),
+        Ok(ChunkPayload::Json(_))
+    ));
+    assert_eq!(
+        chunk_payload(nested_json(130)),
+        Err(InvalidResult {
+            path: "chunk".into(),
+            message: "chunk nests deeper than 128 levels".into(),
+        })
+    );
+    // Other undecodable bytes stay raw.
+    assert_eq!(
+        decode_response(ok_response(b"[[[1", b"")),
+        Ok(ToolResult::Value(Value::Bytes(b"[[[1".to_vec())))
     );
 }
 

@@ -326,6 +326,30 @@ async fn immediate_rejections_are_returned() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_queued_answers_queued_callers_until_a_worker_is_added() {
+    let worker = FakeWorker::start().await;
+    let p = pool(SchedulerConfig::default());
+    // No worker yet (they are starting): calls queue.
+    let mut queued = submit(&p.engine, "echo", vec![], Opts::default()).expect("submit");
+    assert!(queued.quiet_for(20).await);
+    // Every worker failed to start.
+    p.engine.fail_queued();
+    assert!(matches!(
+        queued.reply().await,
+        Outcome::Error(ErrorReason::Pool(RejectReason::NoWorkers))
+    ));
+    assert_eq!(
+        submit(&p.engine, "echo", vec![], Opts::default()).err(),
+        Some(RejectReason::NoWorkers)
+    );
+    assert_eq!(p.engine.stats().rejected_no_workers, 2);
+    // A worker came up after all: calls run again.
+    p.engine.add_worker("w1", &worker.endpoint, 1).expect("add");
+    let mut call = submit(&p.engine, "echo", vec![], Opts::default()).expect("submit");
+    ok_value(call.reply().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_sends_nothing_and_recycles_after_the_grace() {
     let worker = FakeWorker::start().await;
     let p = pool(SchedulerConfig {

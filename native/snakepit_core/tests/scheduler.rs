@@ -113,6 +113,11 @@ impl H {
         self.s.cancel(r(id), self.now, &mut out);
         out
     }
+    fn fail_queued(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.s.fail_queued(NoWorkers, self.now, &mut out);
+        out
+    }
     fn tick(&mut self) -> Vec<Action> {
         let mut out = Vec::new();
         self.s.tick(self.now, &mut out);
@@ -814,6 +819,79 @@ fn close_rejects_queued_and_new_but_lets_in_flight_finish() {
 }
 
 #[test]
+fn fail_queued_rejects_every_queued_request_while_no_worker_is_up() {
+    // A pool whose workers are all starting: calls queue.
+    let mut h = H::with(SchedulerConfig {
+        queue_timeout: ms(10_000),
+        ..SchedulerConfig::default()
+    });
+    assert!(h.submit(1).is_empty());
+    assert!(h.sess(2, "s", StrictQueue).is_empty());
+    assert!(h.submit_full(3, None, None, Some(50)).is_empty());
+    assert_eq!(h.queue_len(), 3);
+    // Every worker failed to start: at once, in arrival order; request 3 had expired already.
+    h.at(60);
+    assert_eq!(
+        h.fail_queued(),
+        vec![
+            reject(3, QueueTimeout),
+            reject(1, NoWorkers),
+            reject(2, NoWorkers)
+        ]
+    );
+    assert_eq!(h.queue_len(), 0);
+    assert_eq!(h.s.next_wakeup(), None);
+    // Still no worker: a submit that would queue is answered at once too.
+    assert_eq!(h.submit(4), vec![reject(4, NoWorkers)]);
+    assert_eq!(h.sess(5, "s", StrictFailFast), vec![reject(5, NoWorkers)]);
+    assert!(h.fail_queued().is_empty(), "idempotent");
+    // A worker comes up: the pool queues and serves again.
+    assert_eq!(h.up(1, 1), vec![]);
+    assert_eq!(h.submit(6), vec![dispatch(6, 1)]);
+    assert!(h.submit(7).is_empty());
+    assert_eq!(h.done(6), vec![dispatch(7, 1)]);
+    let st = h.s.stats();
+    assert_eq!(st.rejected_no_workers, 4);
+    assert_eq!(st.saturated, 0);
+    assert_eq!(st.queue_timeouts, 1);
+}
+
+#[test]
+fn fail_queued_with_workers_up_rejects_pinned_and_unpinned_but_not_in_flight() {
+    let mut h = H::new();
+    h.up(1, 1);
+    h.up(2, 1);
+    assert_eq!(h.sess(1, "a", StrictQueue), vec![dispatch(1, 1)]);
+    assert_eq!(h.submit(2), vec![dispatch(2, 2)]);
+    assert!(h.sess(3, "a", StrictQueue).is_empty()); // pinned to worker 1
+    assert!(h.submit(4).is_empty()); // unpinned
+    assert_eq!(
+        h.fail_queued(),
+        vec![reject(3, NoWorkers), reject(4, NoWorkers)]
+    );
+    assert_eq!(h.queue_len(), 0);
+    // Workers are registered: the pool is not stuck failed, new calls queue as usual.
+    assert!(h.submit(5).is_empty());
+    assert_eq!(h.done(1), vec![dispatch(5, 1)]);
+    assert!(h.done(2).is_empty());
+    assert!(h.done(5).is_empty());
+    // Nor after those workers go away (they were up when the pool was failed).
+    h.down(1);
+    h.down(2);
+    assert!(h.submit(6).is_empty());
+    assert_eq!(h.up(3, 1), vec![dispatch(6, 3)]);
+}
+
+#[test]
+fn fail_queued_after_close_keeps_answering_closed() {
+    let mut h = H::new();
+    assert!(h.submit(1).is_empty());
+    assert_eq!(h.close(), vec![reject(1, Closed)]);
+    assert!(h.fail_queued().is_empty());
+    assert_eq!(h.submit(2), vec![reject(2, Closed)]);
+}
+
+#[test]
 fn stats_counts_everything() {
     let mut h = H::with(SchedulerConfig {
         max_queue_size: 1,
@@ -848,6 +926,7 @@ fn reject_reason_and_affinity_names() {
         "session_worker_unavailable"
     );
     assert_eq!(Closed.as_str(), "pool_closed");
+    assert_eq!(NoWorkers.as_str(), "no_workers_available");
     assert_eq!(Affinity::parse("strict_queue"), Some(StrictQueue));
     assert_eq!(Affinity::default(), Hint);
     assert_eq!(StrictFailFast.as_str(), "strict_fail_fast");

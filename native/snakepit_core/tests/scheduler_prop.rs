@@ -13,7 +13,10 @@
 //! 6. submit decisions follow the affinity rules (the model predicts dispatch / which reject / queue),
 //!    dispatch picks the least-loaded worker, session entries match the model (TTL, LRU bound),
 //!    requests pinned to a dead or tainted worker are rejected at once, abandoned calls overrunning
-//!    the grace trigger exactly one `RecycleWorker` per worker.
+//!    the grace trigger exactly one `RecycleWorker` per worker;
+//! 7. `fail_queued` empties the queue (`NoWorkers` for every queued request, pinned or not, after
+//!    the expired ones got `QueueTimeout`) and, until a worker comes up, submits that would queue
+//!    are rejected `NoWorkers`; `NoWorkers` is never emitted otherwise.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -38,6 +41,8 @@ enum Ev {
     Down(usize),
     Taint(usize, u16),
     DeleteSession(u8),
+    /// Every worker failed to start (`fail_queued(NoWorkers)`).
+    FailQueued,
     Tick,
 }
 
@@ -66,6 +71,7 @@ fn ev_strategy() -> impl Strategy<Value = Ev> {
         1 => any::<usize>().prop_map(Ev::Down),
         1 => (any::<usize>(), 0u16..300).prop_map(|(i, d)| Ev::Taint(i, d)),
         1 => (0u8..5).prop_map(Ev::DeleteSession),
+        1 => Just(Ev::FailQueued),
         2 => Just(Ev::Tick),
     ]
 }
@@ -180,6 +186,11 @@ struct World {
     next_req: u64,
     next_worker: u64,
     closed: bool,
+    /// `fail_queued` was called while no worker was up, and no worker came up since: submits
+    /// that would queue are rejected `NoWorkers`.
+    failed: bool,
+    /// Inside `fail_queued`: queued requests may be rejected `NoWorkers`.
+    failing: bool,
     out: Vec<Action>,
 }
 
@@ -196,6 +207,8 @@ impl World {
             next_req: 1,
             next_worker: 1,
             closed: false,
+            failed: false,
+            failing: false,
             out: Vec::new(),
         }
     }
@@ -337,6 +350,10 @@ impl World {
         if pinned.is_none() && self.any_available() {
             return Expect::DispatchAny;
         }
+        if self.failed {
+            assert!(self.workers.is_empty(), "failed with a worker up");
+            return Expect::Reject(RejectReason::NoWorkers);
+        }
         // the new request is counted as queued in the model
         if self.queued_count() > self.cfg.max_queue_size {
             return Expect::Reject(RejectReason::PoolSaturated);
@@ -436,7 +453,10 @@ impl World {
                         );
                     }
                     RejectReason::Closed => assert!(self.closed),
-                    RejectReason::NoWorkers => panic!("NoWorkers is never emitted"),
+                    RejectReason::NoWorkers => assert!(
+                        self.failing || (self.failed && r.fresh),
+                        "request {id}: NoWorkers outside fail_queued"
+                    ),
                 }
                 self.reqs.get_mut(&id).unwrap().phase = Phase::Gone;
                 self.set_outcome(id, Outcome::Rejected(reason));
@@ -772,6 +792,7 @@ impl World {
                 self.next_worker += 1;
                 let mut out = self.take_out();
                 self.s.worker_up(WorkerId(w), cap, now, &mut out);
+                self.failed = false;
                 // poll actions come before the new worker exists; they never involve it
                 self.workers.insert(
                     w,
@@ -862,6 +883,25 @@ impl World {
                 self.s.delete_session(&sess_name(s));
                 self.aff.remove(&s);
             }
+            Ev::FailQueued => {
+                let mut out = self.take_out();
+                self.s.fail_queued(RejectReason::NoWorkers, now, &mut out);
+                // poll actions (queue timeouts, ...) come first, then every queued request
+                // is rejected; the model accepts NoWorkers for any queued request here and
+                // checks that none is left
+                self.failing = true;
+                for &a in &out {
+                    self.on_action(a);
+                }
+                self.failing = false;
+                if self.workers.is_empty() {
+                    self.failed = true;
+                }
+                assert_eq!(self.queued_count(), 0, "fail_queued left requests queued");
+                let st = self.s.stats();
+                assert_eq!(st.queue_len, 0);
+                self.out = out;
+            }
             Ev::Tick => {
                 let mut out = self.take_out();
                 self.s.tick(now, &mut out);
@@ -933,6 +973,14 @@ impl World {
         assert_eq!(st.completed, count(&|o| *o == Outcome::Completed));
         assert_eq!(st.worker_lost, count(&|o| *o == Outcome::Lost));
         assert_eq!(st.cancelled, count(&|o| *o == Outcome::Cancelled));
+        assert_eq!(
+            st.rejected_no_workers,
+            count(&|o| *o == Outcome::Rejected(RejectReason::NoWorkers))
+        );
+        assert_eq!(
+            st.saturated,
+            count(&|o| *o == Outcome::Rejected(RejectReason::PoolSaturated))
+        );
         assert_eq!(st.requests, self.reqs.len() as u64);
         assert_eq!(st.queue_len, 0);
         assert_eq!(st.in_flight, 0);

@@ -4,6 +4,8 @@ rustler::atoms! {
     // Messages.
     snakepit_reply,
     snakepit_chunk,
+    snakepit_chunk_etf,
+    etf,
     snakepit_pool_event,
     recycle_worker,
     done,
@@ -61,6 +63,7 @@ rustler::atoms! {
     worker_busy,
     session_worker_unavailable,
     pool_closed,
+    no_workers_available,
     cancelled,
     worker_lost,
     completed,

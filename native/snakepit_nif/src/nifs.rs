@@ -263,6 +263,7 @@ fn pool_stats(env: Env<'_>, pool: ResourceArc<PoolResource>) -> Term<'_> {
         (atoms::worker_busy(), s.rejected_busy),
         (atoms::session_worker_unavailable(), s.rejected_unavailable),
         (atoms::pool_closed(), s.rejected_closed),
+        (atoms::no_workers_available(), s.rejected_no_workers),
         (atoms::cancelled(), s.cancelled),
         (atoms::worker_lost(), s.worker_lost),
         (atoms::completed(), s.completed),
@@ -325,6 +326,15 @@ fn pool_session_worker(
 #[rustler::nif]
 fn pool_delete_session(pool: ResourceArc<PoolResource>, session_id: String) -> Atom {
     pool.engine.delete_session(&session_id);
+    atom::ok()
+}
+
+/// `pool_fail_queued(pool)`: `:ok`; every worker failed to start: queued callers get
+/// `{:error, {:pool, :no_workers_available}}` at once, and so do new submits that would queue,
+/// until a worker is added.
+#[rustler::nif]
+fn pool_fail_queued(pool: ResourceArc<PoolResource>) -> Atom {
+    pool.engine.fail_queued();
     atom::ok()
 }
 

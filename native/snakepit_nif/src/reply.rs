@@ -5,6 +5,13 @@
 //! - `{:snakepit_reply, ref, {:ok, term} | {:error, reason} | :done}`
 //! - `{:snakepit_chunk, ref, payload, is_final, metadata}`
 //! - `{:snakepit_pool_event, {:recycle_worker, worker_id}}` (to the owner)
+//!
+//! A reply or chunk that holds a map with more than 128 keys is sent in external term format
+//! instead (`{:snakepit_reply, ref, {:etf, binary}}` whose binary decodes to the body above, and
+//! `{:snakepit_chunk_etf, ref, binary}` whose binary decodes to `{payload, is_final, metadata}`):
+//! building such a map (a hash map) in an `OwnedEnv` and sending it from a non-scheduler thread
+//! crashes OTP 25.1 .. 27.2 (erlang/otp#8208). Binaries are not affected. The caller decodes with
+//! `:erlang.binary_to_term/1` on its own scheduler and gets the same term as the direct path.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -12,6 +19,7 @@ use rustler::env::SavedTerm;
 use rustler::thread::is_scheduler_thread;
 use rustler::types::atom;
 use rustler::{Atom, Encoder, Env, LocalPid, OwnedEnv, ResourceArc, Term};
+use snakepit_core::codec::etf::{has_large_map, EtfWriter, MAX_FLATMAP_KEYS};
 use snakepit_core::codec::{ChunkPayload, ToolResult, Value};
 use snakepit_core::engine::{Chunk, ErrorReason, Outcome, PoolEvents, ReplyTarget};
 use snakepit_core::scheduler::RejectReason;
@@ -92,6 +100,14 @@ impl ReplyTarget for NifTarget {
         let env = self.chunk_env.get_or_insert_with(OwnedEnv::new);
         env.send_and_clear(&self.pid, |env| {
             let reference = tag_env.run(|t| tag.load(t).in_env(env));
+            if let Some(etf) = chunk_etf(&chunk) {
+                return (
+                    atoms::snakepit_chunk_etf(),
+                    reference,
+                    bytes_to_term(env, &etf),
+                )
+                    .encode(env);
+            }
             let metadata: Vec<(Term, Term)> = chunk
                 .metadata
                 .iter()
@@ -126,7 +142,65 @@ fn payload_to_term<'a>(env: Env<'a>, payload: &ChunkPayload) -> Term<'a> {
     }
 }
 
+/// `{payload, is_final, metadata}` in external format when it holds a map too big to build here.
+fn chunk_etf(chunk: &Chunk) -> Option<Vec<u8>> {
+    let large_payload = matches!(&chunk.payload, ChunkPayload::Json(v) if has_large_map(v));
+    if !large_payload && chunk.metadata.len() <= MAX_FLATMAP_KEYS {
+        return None;
+    }
+    let mut w = EtfWriter::new();
+    w.tuple(3);
+    match &chunk.payload {
+        ChunkPayload::Empty => w.atom("nil"),
+        ChunkPayload::Json(v) => w.value(v),
+        ChunkPayload::Raw(bytes) => w.tuple(2).atom("binary").binary(bytes),
+    };
+    w.boolean(chunk.is_final);
+    let metadata: Vec<(String, Value)> = chunk
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::str(v.as_str())))
+        .collect();
+    w.value(&Value::Map(metadata));
+    Some(w.finish())
+}
+
+/// The reply body (`{:ok, term}` / `{:error, reason}`) in external format when it holds a map
+/// too big to build here.
+fn outcome_etf(outcome: &Outcome) -> Option<Vec<u8>> {
+    let mut w = EtfWriter::new();
+    match outcome {
+        Outcome::Ok(ToolResult::Value(v)) if has_large_map(v) => {
+            w.tuple(2).atom("ok").value(v);
+        }
+        Outcome::Ok(ToolResult::Binary {
+            bytes,
+            meta: Some(meta),
+        }) if has_large_map(meta) => {
+            w.tuple(2)
+                .atom("ok")
+                .tuple(3)
+                .atom("binary")
+                .binary(bytes)
+                .value(meta);
+        }
+        Outcome::Error(ErrorReason::Python(payload)) if has_large_map(payload) => {
+            w.tuple(2)
+                .atom("error")
+                .tuple(2)
+                .atom("python")
+                .value(payload);
+        }
+        _ => return None,
+    }
+    Some(w.finish())
+}
+
 fn reply_message<'a>(env: Env<'a>, reference: Term<'a>, outcome: &Outcome) -> Term<'a> {
+    if let Some(etf) = outcome_etf(outcome) {
+        let body = (atoms::etf(), bytes_to_term(env, &etf));
+        return (atoms::snakepit_reply(), reference, body).encode(env);
+    }
     let body = match outcome {
         Outcome::Ok(ToolResult::Value(v)) => (atom::ok(), value_to_term(env, v)).encode(env),
         Outcome::Ok(ToolResult::Binary { bytes, meta: None }) => {
@@ -156,6 +230,12 @@ pub fn reason_to_term<'a>(env: Env<'a>, reason: &ErrorReason) -> Term<'a> {
         ErrorReason::Pool(r) => pool_reason(env, *r),
         ErrorReason::Python(payload) => (atoms::python(), value_to_term(env, payload)).encode(env),
         ErrorReason::Grpc { code, message } => grpc_reason(env, code, message),
+        ErrorReason::InvalidResult(e) => (
+            atoms::invalid_parameter(),
+            e.path.as_str(),
+            e.message.as_str(),
+        )
+            .encode(env),
         ErrorReason::WorkerExit { worker, reason } => {
             let reason = match reason {
                 // `pool_remove_worker` stores the caller's reason term in external format.

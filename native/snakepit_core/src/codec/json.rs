@@ -29,6 +29,14 @@ pub struct EncodeError {
 #[error("invalid JSON: {0}")]
 pub struct DecodeError(pub String);
 
+impl DecodeError {
+    /// The bytes were JSON as far as read, but nest deeper than the decoder's recursion limit
+    /// (128, as [`MAX_DEPTH`]).
+    pub fn is_too_deep(&self) -> bool {
+        self.0.starts_with("recursion limit exceeded")
+    }
+}
+
 struct Failure<'a> {
     /// Innermost segment first.
     segments: Vec<PathSegment<&'a str>>,
@@ -217,10 +225,53 @@ pub(crate) fn is_integer_literal(s: &str) -> bool {
 ///
 /// Integers outside `i64` become [`Value::BigInt`]; floats too large for `f64` become
 /// infinities; the marker object becomes [`Value::SpecialFloat`]; object key order is kept.
+///
+/// Nesting is bounded like the encoder's: up to [`MAX_DEPTH`] levels of arrays/objects decode
+/// (serde_json's own limit stops one level short); deeper JSON fails with an error for which
+/// [`DecodeError::is_too_deep`] holds.
 pub fn decode_json(bytes: &[u8]) -> Result<Value, DecodeError> {
-    let parsed: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| DecodeError(e.to_string()))?;
-    Ok(from_serde(parsed))
+    use serde::Deserialize;
+
+    let parsed = if json_nesting(bytes) <= MAX_DEPTH {
+        // Bounded by the scan above, so the recursion stays shallow.
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        de.disable_recursion_limit();
+        serde_json::Value::deserialize(&mut de).and_then(|v| de.end().map(|()| v))
+    } else {
+        // serde_json's recursion limit tells deep JSON ("recursion limit exceeded") from bytes
+        // that are not JSON at all.
+        serde_json::from_slice(bytes)
+    };
+    parsed
+        .map(from_serde)
+        .map_err(|e| DecodeError(e.to_string()))
+}
+
+/// Deepest nesting of `[`/`{` outside strings (an upper bound for non-JSON input).
+fn json_nesting(bytes: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 fn from_serde(v: serde_json::Value) -> Value {

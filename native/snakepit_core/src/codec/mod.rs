@@ -3,8 +3,11 @@
 //! - [`Value`]: what an Elixir term becomes before it is sent, and what a Python result becomes
 //!   before the NIF turns it back into a term.
 //! - [`json`]: `Value` ↔ JSON bytes (integers of any size, non-finite floats via a marker object).
+//! - [`etf`]: `Value` → Erlang external term format (replies with maps too big to build off a
+//!   scheduler thread).
 //! - [`wire`]: the contract §6.2 conventions on top of the generated protobuf types.
 
+pub mod etf;
 pub mod json;
 pub mod path;
 pub mod wire;
@@ -15,7 +18,7 @@ pub use json::{
 pub use path::{join_path, PathSegment};
 pub use wire::{
     build_request, build_request_limited, chunk_payload, decode_response, python_error,
-    python_error_from_status, CallSpec, ChunkPayload, ToolResult,
+    python_error_from_status, CallSpec, ChunkPayload, InvalidResult, ResponseError, ToolResult,
 };
 
 /// A float JSON cannot carry as a number.

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use prost_types::Any;
 
-use super::json::{decode_json, encode_bounded, too_large_message, EncodeError};
+use super::json::{decode_json, encode_bounded, too_large_message, EncodeError, MAX_DEPTH};
 use super::Value;
 use crate::pb::{ExecuteToolRequest, ExecuteToolResponse};
 
@@ -94,15 +94,54 @@ pub enum ToolResult {
     },
 }
 
-/// Splits a response into a result or the Python error payload (a [`Value::Map`]).
-pub fn decode_response(resp: ExecuteToolResponse) -> Result<ToolResult, Value> {
+/// A reply Elixir cannot be given as a term: `{:invalid_parameter, path, message}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidResult {
+    /// `"result"` or `"chunk"`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl InvalidResult {
+    fn too_deep(path: &str) -> Self {
+        InvalidResult {
+            path: path.to_owned(),
+            message: format!("{path} nests deeper than {MAX_DEPTH} levels"),
+        }
+    }
+}
+
+/// Why a response is not a result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseError {
+    /// The tool raised: Python's error payload (a [`Value::Map`]).
+    Python(Value),
+    /// The result is JSON nested deeper than [`MAX_DEPTH`] levels.
+    Invalid(InvalidResult),
+}
+
+/// Decodes a `result`/chunk JSON; `Ok(None)` for bytes that are not JSON (kept raw, as
+/// upstream), an error for JSON nested too deep (never silently a string).
+fn decode_payload(bytes: &[u8], path: &str) -> Result<Option<Value>, InvalidResult> {
+    match decode_json(bytes) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_too_deep() => Err(InvalidResult::too_deep(path)),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Splits a response into a result or why there is none.
+pub fn decode_response(resp: ExecuteToolResponse) -> Result<ToolResult, ResponseError> {
     if !resp.success {
-        return Err(python_error(&resp.error_message));
+        return Err(ResponseError::Python(python_error(&resp.error_message)));
     }
     let value = match resp.result {
-        Some(any) if !any.value.is_empty() => {
-            decode_json(&any.value).unwrap_or(Value::Bytes(any.value))
-        }
+        Some(any) if !any.value.is_empty() => match decode_payload(&any.value, "result") {
+            Ok(Some(v)) => v,
+            Ok(None) => Value::Bytes(any.value),
+            Err(e) => return Err(ResponseError::Invalid(e)),
+        },
         _ => Value::Nil,
     };
     if resp.binary_result.is_empty() {
@@ -154,13 +193,14 @@ pub enum ChunkPayload {
     Raw(Vec<u8>),
 }
 
-/// Classifies a chunk's `data`.
-pub fn chunk_payload(data: Vec<u8>) -> ChunkPayload {
+/// Classifies a chunk's `data`; JSON nested deeper than [`MAX_DEPTH`] is an error (it ends the
+/// stream).
+pub fn chunk_payload(data: Vec<u8>) -> Result<ChunkPayload, InvalidResult> {
     if data.is_empty() {
-        return ChunkPayload::Empty;
+        return Ok(ChunkPayload::Empty);
     }
-    match decode_json(&data) {
-        Ok(v) => ChunkPayload::Json(v),
-        Err(_) => ChunkPayload::Raw(data),
-    }
+    Ok(match decode_payload(&data, "chunk")? {
+        Some(v) => ChunkPayload::Json(v),
+        None => ChunkPayload::Raw(data),
+    })
 }

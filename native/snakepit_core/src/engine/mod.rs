@@ -316,6 +316,13 @@ impl<T: ReplyTarget> Engine<T> {
         self.inner.close();
     }
 
+    /// Every worker failed to start: queued requests get `NoWorkers` at once (`{:pool,
+    /// :no_workers_available}`), and so do new ones that would queue, until a worker is added.
+    /// Running calls are not touched. See [`crate::scheduler::Scheduler::fail_queued`].
+    pub fn fail_queued(&self) {
+        self.inner.fail_queued();
+    }
+
     /// What is still running or waiting, for a graceful shutdown: after [`Engine::close`], wait
     /// until `awaiting_reply` (or `in_flight`, to let abandoned calls end too) reaches 0 before
     /// stopping the workers.

@@ -419,6 +419,20 @@ impl<T: ReplyTarget> Inner<T> {
         self.deliver(deliveries);
     }
 
+    pub(crate) fn fail_queued(self: &Arc<Self>) {
+        let now = Instant::now();
+        let mut deliveries = Vec::new();
+        {
+            let mut state = self.lock();
+            let mut actions = Vec::new();
+            state
+                .scheduler
+                .fail_queued(RejectReason::NoWorkers, now, &mut actions);
+            self.apply(&mut state, actions, None, now, &mut deliveries);
+        }
+        self.deliver(deliveries);
+    }
+
     /// Runs the scheduler's timers; returns when to come back.
     pub(crate) fn tick(self: &Arc<Self>) -> Option<Instant> {
         let now = Instant::now();

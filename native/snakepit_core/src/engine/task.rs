@@ -11,7 +11,7 @@ use tokio::sync::{oneshot, Notify, Semaphore};
 use super::slot::Slot;
 use super::types::{Chunk, ErrorReason, Outcome, ReplyTarget};
 use super::Inner;
-use crate::codec::{chunk_payload, decode_response, python_error_from_status};
+use crate::codec::{chunk_payload, decode_response, python_error_from_status, ResponseError};
 use crate::pb::ExecuteToolRequest;
 use crate::scheduler::RequestId;
 use crate::transport::{TransportError, WorkerClient};
@@ -143,7 +143,8 @@ fn unary_outcome(result: Result<crate::pb::ExecuteToolResponse, TransportError>)
     match result {
         Ok(resp) => Ended::from(match decode_response(resp) {
             Ok(value) => Outcome::Ok(value),
-            Err(payload) => Outcome::Error(ErrorReason::Python(payload)),
+            Err(ResponseError::Python(payload)) => Outcome::Error(ErrorReason::Python(payload)),
+            Err(ResponseError::Invalid(e)) => Outcome::Error(ErrorReason::InvalidResult(e)),
         }),
         Err(e) => failure(e),
     }
@@ -171,8 +172,12 @@ async fn stream<T: ReplyTarget>(
             }
             match chunks.next().await {
                 Ok(Some(c)) => {
+                    let payload = match chunk_payload(c.data) {
+                        Ok(p) => p,
+                        Err(e) => return Outcome::Error(ErrorReason::InvalidResult(e)).into(),
+                    };
                     let chunk = Chunk {
-                        payload: chunk_payload(c.data),
+                        payload,
                         is_final: c.is_final,
                         metadata: c.metadata.into_iter().collect(),
                     };

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::codec::{ChunkPayload, ToolResult, Value};
+use crate::codec::{ChunkPayload, InvalidResult, ToolResult, Value};
 use crate::pb::ExecuteToolRequest;
 use crate::scheduler::{Affinity, RejectReason, SessionId};
 use crate::transport::TransportError;
@@ -29,6 +29,9 @@ pub enum ErrorReason {
         /// The opaque reason given to `worker_down`.
         reason: Value,
     },
+    /// `{:invalid_parameter, path, message}`: the reply cannot be decoded (JSON nested deeper
+    /// than the codec's limit).
+    InvalidResult(InvalidResult),
 }
 
 impl From<TransportError> for ErrorReason {

@@ -2,7 +2,7 @@
 //!
 //! Events go in ([`Scheduler::submit`], [`Scheduler::complete`], [`Scheduler::cancel`],
 //! [`Scheduler::worker_up`] / [`Scheduler::worker_down`] / [`Scheduler::taint`],
-//! [`Scheduler::close`], [`Scheduler::tick`]), each with the current time `now`; [`Action`]s come
+//! [`Scheduler::close`], [`Scheduler::fail_queued`], [`Scheduler::tick`]), each with the current time `now`; [`Action`]s come
 //! out, appended to a caller-owned vector (no allocation per event). The driver (the engine)
 //! executes the actions and calls [`Scheduler::tick`] at [`Scheduler::next_wakeup`].
 //!
@@ -11,7 +11,7 @@
 //! Every submitted request ends in exactly one outcome:
 //!
 //! - **rejected**: an [`Action::Reject`] (at submit, or later while queued: queue timeout, the
-//!   session's worker went away, close);
+//!   session's worker went away, close, every worker failed to start);
 //! - **completed**: an [`Action::Dispatch`] followed by [`Scheduler::complete`] returning `true`
 //!   (the driver answers the caller with the RPC result);
 //! - **lost**: an [`Action::Dispatch`] followed by an [`Action::WorkerLost`] (its worker went
@@ -60,6 +60,10 @@
 //!   by the first event at or after their deadline (the driver calls `tick` at `next_wakeup`).
 //! - `submit` when no worker is registered queues normally (workers may be starting); `submit`
 //!   after [`Scheduler::close`] is rejected with [`RejectReason::Closed`].
+//! - [`Scheduler::fail_queued`] (the driver learnt that every worker failed to start) rejects
+//!   every queued request with the given reason ([`RejectReason::NoWorkers`] in the engine) and,
+//!   while no worker is registered, also the submits that would queue, until the next
+//!   [`Scheduler::worker_up`].
 
 mod affinity;
 mod config;
@@ -124,6 +128,8 @@ pub struct SchedulerStats {
     pub rejected_unavailable: u64,
     /// `Reject{Closed}` emitted.
     pub rejected_closed: u64,
+    /// `Reject{NoWorkers}` emitted ([`Scheduler::fail_queued`]).
+    pub rejected_no_workers: u64,
     /// Requests cancelled (queued or in flight) before their outcome.
     pub cancelled: u64,
     /// `WorkerLost` emitted.
@@ -186,6 +192,8 @@ pub struct Scheduler {
     in_flight: usize,
     seq: u64,
     closed: bool,
+    /// Set by `fail_queued` while no worker is registered; cleared by `worker_up`.
+    failed: Option<RejectReason>,
     stats: SchedulerStats,
     dirty: Vec<WorkerId>,
     scratch: Vec<QEntry>,
@@ -209,6 +217,7 @@ impl Scheduler {
             in_flight: 0,
             seq: 0,
             closed: false,
+            failed: None,
             stats: SchedulerStats::default(),
             dirty: Vec::new(),
             scratch: Vec::new(),
@@ -301,6 +310,7 @@ impl Scheduler {
         out: &mut Vec<Action>,
     ) {
         self.poll(now, out);
+        self.failed = None;
         let idx = self.workers.upsert(worker, capacity);
         self.drain(idx, now, out);
         self.flush(now, out);
@@ -385,19 +395,22 @@ impl Scheduler {
     pub fn close(&mut self, now: Instant, out: &mut Vec<Action>) {
         self.poll(now, out);
         self.closed = true;
-        let mut all: Vec<QEntry> = self.unpinned.take_all().into();
-        for idx in 0..self.workers.len() {
-            all.extend(self.workers.pinned_mut(idx).take_all());
+        self.reject_all_queued(RejectReason::Closed, out);
+    }
+
+    /// The pool cannot serve anything for now (every worker failed to start): rejects every
+    /// queued request, pinned and unpinned, with `reason` (in arrival order; requests whose
+    /// deadline has passed get `QueueTimeout` first). In-flight requests are not touched. If no
+    /// worker is registered, the pool stays failed until the next [`Scheduler::worker_up`]:
+    /// meanwhile a `submit` that would queue is rejected with `reason` too (a caller that checked
+    /// the pool's health just before it failed must not wait for the queue timeout). After
+    /// `close`, only the queue is emptied (it already is). Idempotent.
+    pub fn fail_queued(&mut self, reason: RejectReason, now: Instant, out: &mut Vec<Action>) {
+        self.poll(now, out);
+        if self.workers.len() == 0 {
+            self.failed = Some(reason);
         }
-        all.sort_unstable();
-        for e in all {
-            if self.requests.remove(&e.id).is_some() {
-                self.reject(e.id, RejectReason::Closed, out);
-            }
-        }
-        self.queued = 0;
-        self.unpinned_strict.clear();
-        self.deadlines.clear();
+        self.reject_all_queued(reason, out);
     }
 
     /// Time passes: expired queued requests are rejected (`QueueTimeout`), taints end, abandoned
@@ -451,6 +464,23 @@ impl Scheduler {
 
     // ----- internals -------------------------------------------------------------------------
 
+    /// Rejects every queued request (pinned and unpinned) with `reason`, in arrival order.
+    fn reject_all_queued(&mut self, reason: RejectReason, out: &mut Vec<Action>) {
+        let mut all: Vec<QEntry> = self.unpinned.take_all().into();
+        for idx in 0..self.workers.len() {
+            all.extend(self.workers.pinned_mut(idx).take_all());
+        }
+        all.sort_unstable();
+        for e in all {
+            if self.requests.remove(&e.id).is_some() {
+                self.reject(e.id, reason, out);
+            }
+        }
+        self.queued = 0;
+        self.unpinned_strict.clear();
+        self.deadlines.clear();
+    }
+
     fn submit_inner(&mut self, req: Submit, now: Instant, out: &mut Vec<Action>) {
         let Submit {
             id,
@@ -497,16 +527,19 @@ impl Scheduler {
                 }
             }
         }
-        match self.workers.pick_least_loaded() {
-            Some(idx) => self.dispatch_new(id, session, mode, idx, now, out),
-            None => self.enqueue(id, session, mode, deadline, None, now, out),
+        match (self.workers.pick_least_loaded(), self.failed) {
+            (Some(idx), _) => self.dispatch_new(id, session, mode, idx, now, out),
+            // `failed` is only set while no worker is registered
+            (None, Some(reason)) => self.reject(id, reason, out),
+            (None, None) => self.enqueue(id, session, mode, deadline, None, now, out),
         }
     }
 
     #[inline]
     fn reject(&mut self, request: RequestId, reason: RejectReason, out: &mut Vec<Action>) {
         let c = match reason {
-            RejectReason::PoolSaturated | RejectReason::NoWorkers => &mut self.stats.saturated,
+            RejectReason::PoolSaturated => &mut self.stats.saturated,
+            RejectReason::NoWorkers => &mut self.stats.rejected_no_workers,
             RejectReason::QueueTimeout => &mut self.stats.queue_timeouts,
             RejectReason::WorkerBusy => &mut self.stats.rejected_busy,
             RejectReason::SessionWorkerUnavailable => &mut self.stats.rejected_unavailable,

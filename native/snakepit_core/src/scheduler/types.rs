@@ -98,7 +98,8 @@ pub enum RejectReason {
     WorkerBusy,
     /// Strict mode and the session's worker is dead, removed or tainted.
     SessionWorkerUnavailable,
-    /// No worker can serve the request (reserved for the engine; the scheduler queues instead).
+    /// No worker can serve the request: every worker failed to start (`Scheduler::fail_queued`;
+    /// without it the scheduler queues while no worker is up).
     NoWorkers,
     /// The scheduler was closed.
     Closed,
