@@ -795,6 +795,66 @@ fn affinity_entries_are_bounded_lru() {
     assert!(h.s.session_worker("c").is_some());
 }
 
+#[test]
+fn strict_submit_after_its_session_entry_was_evicted_by_the_submits_own_poll_runs_anywhere() {
+    // Replay of a proptest counterexample. The events due before a submit (here a taint ending)
+    // are processed first; their dispatches may bind the session and then lose the entry again
+    // (LRU bound of 1) before the new request exists. The strict request then has no session
+    // worker and may run anywhere; requests already queued and re-pinned are not affected.
+    let mut h = H::with(SchedulerConfig {
+        default_affinity: Hint,
+        max_queue_size: 3,
+        queue_timeout: ms(194),
+        affinity_ttl: ms(1),
+        max_affinity_entries: 1,
+        abandon_grace: None,
+    });
+    assert!(h.up(1, 3).is_empty());
+    assert!(h.taint(1, 45).is_empty());
+    assert!(h.submit(1).is_empty());
+    assert!(h.submit_full(2, Some("s0"), None, None).is_empty());
+    assert!(h.submit_full(3, Some("s1"), None, None).is_empty());
+    assert_eq!(h.submit(4), vec![reject(4, PoolSaturated)]);
+    assert_eq!(h.queue_len(), 3);
+    // the taint ends: 1, 2 (s0 → 1) and 3 (s1 → 1, evicting s0) run first; then request 5 of
+    // s0 finds no entry and queues unpinned (worker 1 is full)
+    h.at(45);
+    assert_eq!(
+        h.sess(5, "s0", StrictQueue),
+        vec![dispatch(1, 1), dispatch(2, 1), dispatch(3, 1)]
+    );
+    assert_eq!(h.s.session_worker("s0"), None);
+    assert_eq!(h.s.session_worker("s1"), Some(w(1)));
+    assert_eq!(h.queue_len(), 1);
+    // a new worker may take it, and s0 now lives there
+    assert_eq!(h.up(2, 1), vec![dispatch(5, 2)]);
+    assert_eq!(h.s.session_worker("s0"), Some(w(2)));
+}
+
+#[test]
+fn strict_request_repinned_while_queued_stays_pinned_after_its_session_entry_is_evicted() {
+    // The pin belongs to the request: LRU eviction (or the TTL) of the session entry after the
+    // re-pin does not let it run elsewhere.
+    let mut h = H::with(SchedulerConfig {
+        max_affinity_entries: 1,
+        affinity_ttl: ms(1),
+        ..SchedulerConfig::default()
+    });
+    assert!(h.sess(1, "s", StrictQueue).is_empty());
+    assert!(h.sess(2, "s", StrictQueue).is_empty());
+    // worker 1 takes request 1: s → 1, request 2 is re-pinned to worker 1
+    assert_eq!(h.up(1, 1), vec![dispatch(1, 1)]);
+    // another session evicts s (LRU bound of 1); time passes beyond the TTL
+    assert!(h.up(2, 1).is_empty());
+    assert_eq!(h.sess(3, "t", Hint), vec![dispatch(3, 2)]);
+    assert_eq!(h.s.session_worker("s"), None);
+    h.at(10);
+    assert!(h.tick().is_empty());
+    assert!(h.done(3).is_empty(), "worker 2 must not take request 2");
+    assert!(h.up(3, 1).is_empty(), "worker 3 must not take request 2");
+    assert_eq!(h.done(1), vec![dispatch(2, 1)]);
+}
+
 // ----- close, stats ------------------------------------------------------------------------
 
 #[test]

@@ -5,7 +5,8 @@
 //!
 //! 1. no worker is ever over capacity, and the scheduler's per-worker load equals the model's;
 //! 2. a strict request never runs on a worker other than its session's (the session's worker when it
-//!    was submitted, or, if it had none, the worker its session got first afterwards);
+//!    was submitted, i.e. after the events due before its submit were processed, or, if it had none,
+//!    the worker its session got first afterwards);
 //! 3. every request gets exactly one outcome (reject / complete / worker lost / cancelled), and at the
 //!    end of the sequence every request has one;
 //! 4. nothing is dispatched at or after its deadline, and no queued request outlives its deadline;
@@ -142,6 +143,11 @@ struct MReq {
     queue_deadline: Option<Instant>,
     /// Being submitted right now (a direct dispatch checks only the caller deadline).
     fresh: bool,
+    /// The scheduler has taken its submit decision. Until then (while the submit's own `poll`
+    /// processes what was due before it) the request does not exist for the scheduler, so the
+    /// dispatches of that poll must not bind it: if they bind its session and the entry is then
+    /// evicted (LRU bound, TTL) before the submit's look-up, the request has no session worker.
+    decided: bool,
     phase: Phase,
     outcome: Option<Outcome>,
     /// Strict only: the worker it must run on (None: floating).
@@ -315,7 +321,8 @@ impl World {
     /// The model's decision for a submit (performs the affinity look-up, like the scheduler).
     fn decide(&mut self, id: u64) -> Expect {
         let (session, mode, qd) = {
-            let r = &self.reqs[&id];
+            let r = self.reqs.get_mut(&id).expect("known request");
+            r.decided = true;
             (r.session, r.mode, r.queue_deadline)
         };
         if self.closed {
@@ -422,6 +429,7 @@ impl World {
                             && o.session == Some(s)
                             && o.mode.is_strict()
                             && o.bound.is_none()
+                            && o.decided
                         {
                             o.bound = Some(w);
                         }
@@ -616,6 +624,7 @@ impl World {
                         caller_deadline: caller,
                         queue_deadline: qd,
                         fresh: true,
+                        decided: false,
                         phase: Phase::Queued,
                         outcome: None,
                         bound: None,
@@ -1010,4 +1019,38 @@ proptest! {
         }
         world.finish();
     }
+}
+
+/// Replay of a counterexample that was a model bug: the dispatches of a submit's own poll bound the
+/// new strict request to its session's worker before the scheduler had seen it; the entry was then
+/// evicted (LRU bound of 1), so the request rightly ran on another worker.
+#[test]
+fn model_does_not_bind_a_request_before_its_submit_decision() {
+    let sub = |session: Option<u8>, affinity: Option<u8>| Ev::Submit {
+        session,
+        affinity,
+        timeout_ms: None,
+    };
+    let steps = [
+        (0, Ev::Up(3)),
+        (0, Ev::Taint(0, 45)),
+        (0, sub(None, None)),
+        (0, sub(Some(0), None)),
+        (0, sub(Some(1), None)),
+        (0, sub(None, None)),
+        (45, sub(Some(0), Some(1))),
+        (0, Ev::Up(1)),
+    ];
+    let mut world = World::new(SchedulerConfig {
+        default_affinity: Affinity::Hint,
+        max_queue_size: 3,
+        queue_timeout: Duration::from_millis(194),
+        affinity_ttl: Duration::from_millis(1),
+        max_affinity_entries: 1,
+        abandon_grace: None,
+    });
+    for (dt_ms, ev) in steps {
+        world.run(&Step { dt_ms, ev });
+    }
+    world.finish();
 }
