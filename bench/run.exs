@@ -17,74 +17,6 @@
 # Writes bench/out/results.json and bench/out/latency_vs_concurrency.png (bench/plot.py,
 # matplotlib from .venv) and prints a table. Not part of the test run.
 
-defmodule Bench.JSON do
-  @moduledoc false
-  # Minimal encoder for the results file (maps, lists, strings, numbers, booleans, nil).
-
-  def encode(value), do: value |> enc(0) |> IO.iodata_to_binary()
-
-  defp enc(nil, _), do: "null"
-  defp enc(true, _), do: "true"
-  defp enc(false, _), do: "false"
-  defp enc(n, _) when is_integer(n), do: Integer.to_string(n)
-
-  defp enc(x, _) when is_float(x),
-    do: :erlang.float_to_binary(x, [:short])
-
-  defp enc(:nan, _), do: "null"
-  defp enc(a, d) when is_atom(a), do: enc(Atom.to_string(a), d)
-
-  defp enc(s, _) when is_binary(s) do
-    escaped =
-      for <<c::utf8 <- s>>, into: "" do
-        case c do
-          ?" -> "\\\""
-          ?\\ -> "\\\\"
-          ?\n -> "\\n"
-          c when c < 0x20 -> "\\u" <> String.pad_leading(Integer.to_string(c, 16), 4, "0")
-          c -> <<c::utf8>>
-        end
-      end
-
-    [?", escaped, ?"]
-  end
-
-  defp enc([], _), do: "[]"
-
-  defp enc(list, d) when is_list(list) do
-    if Enum.all?(list, &(is_number(&1) or is_nil(&1))) do
-      ["[", Enum.map_intersperse(list, ", ", &enc(&1, d)), "]"]
-    else
-      pad = String.duplicate("  ", d + 1)
-
-      [
-        "[\n",
-        Enum.map_intersperse(list, ",\n", &[pad, enc(&1, d + 1)]),
-        "\n",
-        String.duplicate("  ", d),
-        "]"
-      ]
-    end
-  end
-
-  defp enc(map, d) when is_map(map) do
-    if map_size(map) == 0 do
-      "{}"
-    else
-      pad = String.duplicate("  ", d + 1)
-
-      entries =
-        map
-        |> Enum.sort_by(fn {k, _} -> to_string(k) end)
-        |> Enum.map(fn {k, v} -> [pad, enc(to_string(k), d), ": ", enc(v, d + 1)] end)
-
-      ["{\n", Enum.intersperse(entries, ",\n"), "\n", String.duplicate("  ", d), "}"]
-    end
-  end
-
-  defp enc(other, d), do: enc(inspect(other), d)
-end
-
 defmodule Bench.Stats do
   @moduledoc false
 
@@ -366,7 +298,8 @@ defmodule Bench do
     }
 
     json_path = Path.join(@out, "results.json")
-    File.write!(json_path, Bench.JSON.encode(results) <> "\n")
+    {:ok, json} = Snakepit.JSON.encode(results, pretty: true)
+    File.write!(json_path, json <> "\n")
 
     png_path = Path.join(@out, "latency_vs_concurrency.png")
     plot = if "--no-plot" in argv, do: :skipped, else: plot(python, json_path, png_path)

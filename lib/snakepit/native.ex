@@ -74,5 +74,10 @@ defmodule Snakepit.Native do
   # Optional (not in every NIF build): the worker a session is pinned to, or nil.
   def pool_session_worker(_pool, _session_id), do: not_loaded()
 
+  # -- JSON (serde_json), for Snakepit.JSON -----------------------------------------------------
+
+  def json_decode(_text), do: not_loaded()
+  def json_encode(_term, _pretty), do: not_loaded()
+
   defp not_loaded, do: raise(RuntimeError, load_error_message())
 end

@@ -31,4 +31,22 @@ defmodule Snakepit.JSONTest do
       assert {:error, _} = JSON.decode(text), "expected an error for #{inspect(text)}"
     end
   end
+
+  test "encodes terms as call arguments are encoded, compact or indented" do
+    assert JSON.encode(%{a: [1, 2.5, nil, true], b: "é"}) ==
+             {:ok, ~s({"a":[1,2.5,null,true],"b":"é"})}
+
+    assert JSON.encode(%{"n" => 12_345_678_901_234_567_890_123}) ==
+             {:ok, ~s({"n":12345678901234567890123})}
+
+    assert {:ok, pretty} = JSON.encode(%{"a" => %{"b" => [1]}}, pretty: true)
+    assert pretty == "{\n  \"a\": {\n    \"b\": [\n      1\n    ]\n  }\n}"
+    assert JSON.decode(pretty) == {:ok, %{"a" => %{"b" => [1]}}}
+  end
+
+  test "values JSON cannot carry are refused with their path" do
+    assert {:error, {"a[1]", message}} = JSON.encode(%{a: [1, {:tuple}]})
+    assert message =~ "tuple"
+    assert {:error, {"s", _}} = JSON.encode(%{s: <<0xFF>>})
+  end
 end

@@ -4,8 +4,8 @@ use proptest::prelude::*;
 use prost_types::Any;
 use snakepit_core::codec::{
     build_request, build_request_limited, chunk_payload, decode_json, decode_response, encode_json,
-    encode_json_limited, python_error, python_error_from_status, CallSpec, ChunkPayload,
-    InvalidResult, ResponseError, SpecialFloat, ToolResult, Value, MAX_DEPTH,
+    encode_json_limited, encode_json_pretty, python_error, python_error_from_status, CallSpec,
+    ChunkPayload, InvalidResult, ResponseError, SpecialFloat, ToolResult, Value, MAX_DEPTH,
 };
 use snakepit_core::pb::ExecuteToolResponse;
 
@@ -457,4 +457,25 @@ proptest! {
         let back = decode_json(&bytes).expect("decodable");
         prop_assert_eq!(back, v);
     }
+}
+
+#[test]
+fn pretty_encoding_keeps_order_and_exact_numbers() {
+    let v = map(vec![
+        ("z", Value::BigInt("123456789012345678901234567890".into())),
+        ("a", Value::List(vec![Value::Float(0.1), Value::Nil])),
+    ]);
+    let text = String::from_utf8(encode_json_pretty(&v).expect("encodable")).expect("utf8");
+    assert_eq!(
+        text,
+        "{\n  \"z\": 123456789012345678901234567890,\n  \"a\": [\n    0.1,\n    null\n  ]\n}"
+    );
+    assert_eq!(decode_json(text.as_bytes()), Ok(v));
+    // The deepest value the compact encoder accepts is laid out too.
+    let mut deep = Value::Nil;
+    for _ in 0..MAX_DEPTH {
+        deep = Value::List(vec![deep]);
+    }
+    assert!(encode_json_pretty(&deep).is_ok());
+    assert!(encode_json_pretty(&Value::Bytes(vec![1])).is_err());
 }

@@ -5,6 +5,7 @@
 //! seen through monitors owned by the pool resource (see `pool`).
 
 mod atoms;
+mod json;
 mod nifs;
 mod options;
 mod pool;

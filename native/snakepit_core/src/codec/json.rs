@@ -56,6 +56,26 @@ pub fn encode_json(value: &Value) -> Result<Vec<u8>, EncodeError> {
     encode_json_at(value, "")
 }
 
+/// Like [`encode_json`], indented for people to read (two spaces per level, keys in the order
+/// given). Numbers are written exactly as [`encode_json`] writes them.
+pub fn encode_json_pretty(value: &Value) -> Result<Vec<u8>, EncodeError> {
+    let compact = encode_json(value)?;
+    // Re-read with serde_json (arbitrary precision, order kept) only to lay the text out.
+    // The encoder bounds the depth already (MAX_DEPTH), so serde_json's own limit can go.
+    let mut de = serde_json::Deserializer::from_slice(&compact);
+    de.disable_recursion_limit();
+    let tree = serde::Deserialize::deserialize(&mut de)
+        .map(|v: serde_json::Value| v)
+        .map_err(|e| EncodeError {
+            path: String::new(),
+            message: e.to_string(),
+        })?;
+    serde_json::to_vec_pretty(&tree).map_err(|e| EncodeError {
+        path: String::new(),
+        message: e.to_string(),
+    })
+}
+
 /// Like [`encode_json`], with error paths prefixed by `root` (the parameter name).
 pub fn encode_json_at(value: &Value, root: &str) -> Result<Vec<u8>, EncodeError> {
     encode_bounded(value, root, usize::MAX, usize::MAX)

@@ -13,7 +13,8 @@ pub mod path;
 pub mod wire;
 
 pub use json::{
-    decode_json, encode_json, encode_json_limited, DecodeError, EncodeError, MAX_DEPTH,
+    decode_json, encode_json, encode_json_limited, encode_json_pretty, DecodeError, EncodeError,
+    MAX_DEPTH,
 };
 pub use path::{join_path, PathSegment};
 pub use wire::{
