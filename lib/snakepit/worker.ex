@@ -284,6 +284,8 @@ defmodule Snakepit.Worker do
     {:noreply, %{state | failure: Launch.failure_payload(json)}}
   end
 
+  # The server starts its protocol lines on a fresh line (see snakepit_bridge.server).
+  defp handle_line("", state), do: {:noreply, state}
   defp handle_line(line, state), do: log_line(line, state)
 
   defp log_line(line, state) do

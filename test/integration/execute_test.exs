@@ -224,6 +224,22 @@ defmodule Snakepit.Integration.ExecuteTest do
       refute_receive {:snakepit_chunk, _, _, _, _}, 200
     end
 
+    test "the timeout bounds the whole stream, also while chunks wait in the mailbox" do
+      started = System.monotonic_time(:millisecond)
+
+      # Python produces the 20 chunks at once; up to the stream window of them wait in the
+      # mailbox while the slow callback runs, so only a check between callbacks can stop it.
+      assert {:error, %Error{category: :timeout}} =
+               Snakepit.execute_stream("count_to", %{n: 20}, fn _ -> Process.sleep(100) end,
+                 pool_name: :contract,
+                 timeout: 300
+               )
+
+      # 300 ms plus the callback that was running; consuming all 20 would take 2 s.
+      assert System.monotonic_time(:millisecond) - started < 1_000
+      refute_receive {:snakepit_chunk, _, _, _, _}, 100
+    end
+
     test "showcase stream_progress" do
       test_pid = self()
 

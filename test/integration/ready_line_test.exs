@@ -21,4 +21,17 @@ defmodule Snakepit.Integration.ReadyLineTest do
     assert {:ok, pid} = Snakepit.execute("pid", %{}, pool_name: :noisy, timeout: 10_000)
     assert is_integer(pid) and pid != String.to_integer(System.pid())
   end
+
+  test "a line left unfinished by the adapter's import does not hide the ready line" do
+    pool = %{
+      name: :progress,
+      pool_size: 1,
+      adapter_args: ["--adapter", "snakepit_progress_adapter.ProgressAdapter"],
+      adapter_env: fixture_env()
+    }
+
+    assert :ok = try_start_snakepit([pools: [pool]], 30_000)
+    assert {:ok, pid} = Snakepit.execute("pid", %{}, pool_name: :progress, timeout: 10_000)
+    assert is_integer(pid)
+  end
 end

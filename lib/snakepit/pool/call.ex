@@ -100,8 +100,16 @@ defmodule Snakepit.Pool.Call do
   @doc false
   @spec timeout(keyword(), timeout()) :: {:ok, timeout()} | {:error, term()}
   def timeout(opts, default) do
+    # The configured default passes the same checks (a pool_request_timeout beyond receive's
+    # limit means :infinity too).
     case Keyword.get(opts, :timeout) do
-      nil -> {:ok, default}
+      nil -> check_timeout(default)
+      given -> check_timeout(given)
+    end
+  end
+
+  defp check_timeout(timeout) do
+    case timeout do
       :infinity -> {:ok, :infinity}
       # `receive ... after` takes at most 2^32 - 1 ms (about 50 days): longer means forever.
       ms when is_integer(ms) and ms > @max_receive_timeout -> {:ok, :infinity}

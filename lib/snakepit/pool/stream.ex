@@ -103,7 +103,18 @@ defmodule Snakepit.Pool.Stream do
 
       _continue ->
         Native.pool_stream_ack(request.resource, request.id, 1)
-        consume(request, callback, deadline, timeout)
+        next_chunk(request, callback, deadline, timeout)
+    end
+  end
+
+  # The timeout bounds the whole stream: with chunks already waiting in the mailbox the
+  # `after` of `consume/4` never fires, so the deadline is checked between callbacks too.
+  defp next_chunk(request, callback, deadline, timeout) do
+    if remaining(deadline) == 0 do
+      stop(request)
+      {:error, Call.timeout_error(timeout, request.command)}
+    else
+      consume(request, callback, deadline, timeout)
     end
   end
 

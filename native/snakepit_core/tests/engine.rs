@@ -630,6 +630,38 @@ fn calls_from_outside_the_runtime_deliver_on_it() {
 }
 
 #[test]
+fn a_cancel_between_the_decision_and_the_send_of_a_reply_stops_it() {
+    // A current-thread runtime that nobody drives yet: a reply decided from this (non-tokio)
+    // thread is handed to the runtime and waits there, as it may when a BEAM caller's timeout
+    // races the queue timeout or a close. The caller cancels in that window: once `cancel`
+    // has returned, nothing may reach it.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let engine: Engine<Target> = Engine::new(
+        EngineConfig::default(),
+        Arc::new(Events::default()),
+        rt.handle().clone(),
+    );
+    let mut queued = submit(&engine, "echo", vec![], Opts::default()).expect("submit");
+    let mut kept = submit(&engine, "echo", vec![], Opts::default()).expect("submit");
+    engine.close(); // both rejections are decided now, and sent once the runtime runs
+    engine.cancel(queued.id);
+    assert_eq!(engine.tracked_requests(), 0);
+    rt.block_on(async {
+        assert!(
+            queued.quiet_for(50).await,
+            "a reply reached a cancelled caller"
+        );
+        assert_eq!(
+            kept.reply().await,
+            Outcome::Error(ErrorReason::Pool(RejectReason::Closed))
+        );
+    });
+}
+
+#[test]
 fn dropping_the_engine_closes_it() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -89,7 +89,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _emit_line(prefix: str, payload: dict[str, Any]) -> None:
-    sys.stdout.write(f"{prefix} {json.dumps(payload, separators=(', ', ': '))}\n")
+    # stdout and stderr share the parent's pipe, and the adapter may have left a line
+    # unfinished (a progress bar, "Loading model... "): start on a line of our own, so the
+    # parent sees the protocol line at the start of a line.
+    sys.stderr.flush()
+    sys.stdout.write(f"\n{prefix} {json.dumps(payload, separators=(', ', ': '))}\n")
     sys.stdout.flush()
 
 

@@ -161,9 +161,19 @@ class Worker:
             self.stub = pb2_grpc.BridgeServiceStub(self.channel)
 
     def read_line(self, timeout: float = READY_TIMEOUT_S) -> str:
-        """Next stdout line (without newline); "" on EOF or timeout."""
+        """Next non-empty stdout line (without newline); "" on EOF or timeout.
+
+        The server starts each protocol line on a fresh line, so an empty line comes first.
+        """
         result: list[bytes] = []
-        reader = threading.Thread(target=lambda: result.append(self.proc.stdout.readline()))
+
+        def read() -> None:
+            line = self.proc.stdout.readline()
+            while line == b"\n":
+                line = self.proc.stdout.readline()
+            result.append(line)
+
+        reader = threading.Thread(target=read)
         reader.daemon = True
         reader.start()
         reader.join(timeout)

@@ -149,6 +149,7 @@ def test_parent_death_stops_the_worker():
         f"{SHOWCASE!r}, '--socket', sys.argv[1]], stdin=subprocess.DEVNULL, "
         "stdout=subprocess.PIPE)\n"
         "line = p.stdout.readline().decode()\n"
+        "line = line if line.strip() else p.stdout.readline().decode()\n"
         "print(p.pid if line.startswith('SNAKEPIT_READY') else -1, flush=True)\n"
     )
     directory = short_tempdir()

@@ -94,7 +94,11 @@ def test_installed_package_serves_outside_the_source_tree(wheel: Path, tmp_path:
     )
     try:
         line = proc.stdout.readline().decode()
-        assert line.startswith("SNAKEPIT_READY "), (line, proc.stderr.read1().decode())
+        if not line.strip():  # the server starts its protocol line on a fresh line
+            line = proc.stdout.readline().decode()
+        if not line.startswith("SNAKEPIT_READY "):
+            proc.kill()  # so that reading its stderr cannot block
+            raise AssertionError((line, proc.stderr.read().decode()))
         endpoint = json.loads(line.split(" ", 1)[1])["endpoint"]
         origin = subprocess.run(
             [sys.executable, "-c", "import snakepit_bridge; print(snakepit_bridge.__file__)"],

@@ -124,5 +124,8 @@ defmodule Snakepit.Pool.OptionsTest do
     assert Snakepit.Pool.Call.timeout([timeout: Integer.pow(2, 70)], 5) == {:ok, :infinity}
     assert Snakepit.Pool.Call.timeout([timeout: 4_294_967_295], 5) == {:ok, 4_294_967_295}
     assert {:error, _} = Snakepit.Pool.Call.timeout([timeout: -1], 5)
+    # The configured default too (pool_request_timeout: 5_000_000_000).
+    assert Snakepit.Pool.Call.timeout([], 5_000_000_000) == {:ok, :infinity}
+    assert Snakepit.Pool.Call.timeout([], 300_000) == {:ok, 300_000}
   end
 end

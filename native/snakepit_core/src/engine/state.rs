@@ -25,6 +25,10 @@ pub(crate) struct State<T: ReplyTarget> {
     /// Requests from submit until the scheduler is done with them (rejected, cancelled while
     /// queued, or completed after their RPC ended).
     pub(crate) requests: HashMap<RequestId, Pending<T>>,
+    /// Slots whose final reply is decided but not sent yet (it is sent after the lock is
+    /// released). `cancel` looks here too, so a caller that cancels in that window still gets
+    /// no message after `cancel` returns.
+    pub(crate) replying: HashMap<RequestId, Arc<Slot<T>>>,
     pub(crate) workers: HashMap<WorkerId, WorkerEntry>,
     pub(crate) by_name: HashMap<Arc<str>, WorkerId>,
     /// Names of removed workers, newest last: a strict session keeps its dead worker as a
@@ -71,7 +75,8 @@ pub(crate) struct WorkerEntry {
 
 /// An effect to perform once the lock is released.
 pub(crate) enum Delivery<T: ReplyTarget> {
-    Reply(Arc<Slot<T>>, Outcome),
+    /// The final outcome of a request (registered in `State::replying` until sent).
+    Reply(RequestId, Arc<Slot<T>>, Outcome),
     Recycle(Arc<str>),
 }
 
@@ -80,6 +85,7 @@ impl<T: ReplyTarget> State<T> {
         State {
             scheduler,
             requests: HashMap::new(),
+            replying: HashMap::new(),
             workers: HashMap::new(),
             by_name: HashMap::new(),
             departed: VecDeque::new(),
@@ -88,6 +94,19 @@ impl<T: ReplyTarget> State<T> {
             retries: 0,
             closed: false,
         }
+    }
+
+    /// Decides the final reply of `id`: queued in `out` for delivery once the lock is released,
+    /// and findable by `cancel` until then.
+    pub(crate) fn reply(
+        &mut self,
+        out: &mut Vec<Delivery<T>>,
+        id: RequestId,
+        slot: Arc<Slot<T>>,
+        outcome: Outcome,
+    ) {
+        self.replying.insert(id, slot.clone());
+        out.push(Delivery::Reply(id, slot, outcome));
     }
 
     /// Worker ids are never reused: a re-added name is a new process (see `WorkerId`).
@@ -123,10 +142,12 @@ impl<T: ReplyTarget> Inner<T> {
                 }
                 Action::Reject { request, reason } => {
                     if let Some(p) = state.requests.remove(&request) {
-                        out.push(Delivery::Reply(
+                        state.reply(
+                            out,
+                            request,
                             p.slot,
                             Outcome::Error(ErrorReason::Pool(reason)),
-                        ));
+                        );
                     }
                 }
                 Action::WorkerLost { request, worker } => {
@@ -148,7 +169,8 @@ impl<T: ReplyTarget> Inner<T> {
                     if p.retries_left == 0 || p.job.is_none() {
                         // The task stays tracked until it ends (its `finish` then finds the
                         // scheduler done with the request and sends nothing).
-                        out.push(Delivery::Reply(p.slot.clone(), crash));
+                        let slot = p.slot.clone();
+                        state.reply(out, request, slot, crash);
                         continue;
                     }
                     p.retries_left -= 1;
@@ -157,12 +179,10 @@ impl<T: ReplyTarget> Inner<T> {
                     if strict {
                         // Never moved: the session's worker is gone (a tombstone).
                         if let Some(p) = state.requests.remove(&request) {
-                            out.push(Delivery::Reply(
-                                p.slot,
-                                Outcome::Error(ErrorReason::Pool(
-                                    RejectReason::SessionWorkerUnavailable,
-                                )),
+                            let unavailable = Outcome::Error(ErrorReason::Pool(
+                                RejectReason::SessionWorkerUnavailable,
                             ));
+                            state.reply(out, request, p.slot, unavailable);
                         }
                     } else {
                         self.resubmit(state, request, crash, now, out);
@@ -221,7 +241,7 @@ impl<T: ReplyTarget> Inner<T> {
         if let Some(i) = refused {
             actions.remove(i);
             if let Some(p) = state.requests.remove(&id) {
-                out.push(Delivery::Reply(p.slot, fallback));
+                state.reply(out, id, p.slot, fallback);
             }
         }
         self.apply(state, actions, None, now, out);
@@ -257,10 +277,8 @@ impl<T: ReplyTarget> Inner<T> {
             state.requests.remove(&request);
             let mut actions = Vec::new();
             state.scheduler.complete(request, now, &mut actions);
-            out.push(Delivery::Reply(
-                slot,
-                Outcome::grpc("internal", "dispatched to an unknown worker"),
-            ));
+            let unknown = Outcome::grpc("internal", "dispatched to an unknown worker");
+            state.reply(out, request, slot, unknown);
             self.apply(state, actions, None, now, out);
             return;
         };
@@ -326,15 +344,23 @@ impl<T: ReplyTarget> Inner<T> {
     }
 
     fn deliver_now(&self, deliveries: Vec<Delivery<T>>) {
+        let mut sent = Vec::new();
         for d in deliveries {
             // One failing target must not cost the others in the batch their reply (`close`
             // answers every queued request at once).
             let _ = catch_unwind(AssertUnwindSafe(|| match d {
-                Delivery::Reply(slot, outcome) => {
+                Delivery::Reply(id, slot, outcome) => {
+                    sent.push(id);
                     slot.reply(outcome);
                 }
                 Delivery::Recycle(name) => self.events.recycle_worker(&name),
             }));
+        }
+        if !sent.is_empty() {
+            let mut state = self.lock();
+            for id in sent {
+                state.replying.remove(&id);
+            }
         }
     }
 
@@ -356,7 +382,7 @@ impl<T: ReplyTarget> Inner<T> {
             let answer = state.scheduler.complete(id, now, &mut actions);
             self.apply(&mut state, actions, None, now, &mut deliveries);
             if answer {
-                deliveries.push(Delivery::Reply(pending.slot, outcome));
+                state.reply(&mut deliveries, id, pending.slot, outcome);
                 None
             } else {
                 Some(pending.slot)
@@ -378,7 +404,15 @@ impl<T: ReplyTarget> Inner<T> {
     }
 
     pub(crate) fn cancel(self: &Arc<Self>, id: RequestId) {
-        let slot = self.lock().requests.get(&id).map(|p| p.slot.clone());
+        let slot = {
+            let state = self.lock();
+            // A reply decided but not yet sent is still cancellable: its slot is in `replying`.
+            state
+                .requests
+                .get(&id)
+                .map(|p| p.slot.clone())
+                .or_else(|| state.replying.get(&id).cloned())
+        };
         if let Some(slot) = slot {
             // Outside the engine lock: discarding waits for a reply that is being sent.
             slot.discard();
