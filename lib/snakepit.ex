@@ -86,8 +86,11 @@ defmodule Snakepit do
   Like `execute/3` with `session_id: session_id`: calls of one session go to the same worker
   (per the pool's affinity mode), so Python state kept in that worker is found again.
 
-      Snakepit.execute_in_session("user-42", "store_object", %{"key" => "k", "value" => 1})
-      #=> {:ok, ...}
+      # showcase adapter: a counter kept per session in the worker's memory
+      Snakepit.execute_in_session("user-42", "set_counter", %{value: 41})
+      #=> {:ok, %{"counter" => 41, "session_id" => "user-42"}}
+      Snakepit.execute_in_session("user-42", "increment_counter", %{})
+      #=> {:ok, %{"counter" => 42, "session_id" => "user-42"}}
   """
   @spec execute_in_session(String.t(), String.t(), map(), opts()) ::
           {:ok, term()} | {:error, Error.t()}
@@ -117,7 +120,12 @@ defmodule Snakepit do
   * **Cancellation**: halting, a raising callback, the timeout and the death of the calling
     process cancel the RPC; the worker closes the Python generator (its `finally` blocks run).
 
-      Snakepit.execute_stream("count_to", %{"n" => 3}, fn chunk -> IO.inspect(chunk) end)
+      Snakepit.execute_stream("stream_progress", %{steps: 3, delay_ms: 10}, fn chunk ->
+        IO.puts(chunk["message"])
+      end)
+      # Step 1/3
+      # Step 2/3
+      # Step 3/3
       #=> :ok
   """
   @spec execute_stream(String.t(), map(), (map() -> term()), opts()) :: :ok | {:error, Error.t()}

@@ -93,6 +93,21 @@ def test_missing_module_or_class_exits_3():
     assert (report["type"], code) == ("AttributeError", 3)
 
 
+def test_an_interpreter_without_grpcio_is_told_what_to_install():
+    # `-S`: no site-packages, so neither grpcio nor protobuf can be imported.
+    result = subprocess.run(
+        [sys.executable, "-S", "-m", "snakepit_bridge.server", "--adapter", SHOWCASE,
+         "--socket", os.path.join(short_tempdir(), "w.sock")],
+        env=worker_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "requirements.txt" in result.stderr, result.stderr
+
+
 def test_stdin_eof_stops_the_worker():
     worker = Worker(SHOWCASE)
     worker.close_stdin()
