@@ -65,6 +65,16 @@ defmodule Snakepit.Integration.SessionTtlTest do
     assert {:error, :not_found} = SessionStore.get_session(session)
   end
 
+  test "a session named by an atom, as execute accepts it, is released by that atom" do
+    {:ok, resource} = resource()
+    session = :"ttl-atom-#{System.unique_integer([:positive])}"
+    {:ok, _} = Snakepit.execute_in_session(session, "pid", %{}, pool_name: :contract)
+    assert Snakepit.Native.pool_session_worker(resource, Atom.to_string(session)) != nil
+
+    assert :ok = SessionStore.delete_session(session)
+    assert Snakepit.Native.pool_session_worker(resource, Atom.to_string(session)) == nil
+  end
+
   defp resource do
     with {:ok, {resource, _config}} <- Snakepit.Pool.lookup(:contract), do: {:ok, resource}
   end

@@ -57,9 +57,25 @@ defmodule Snakepit.Bridge.SessionStore do
   def update_session(server \\ __MODULE__, session_id, fun) when is_function(fun, 1),
     do: GenServer.call(server, {:update, session_id, fun})
 
-  @doc "Deletes a session and its worker pin in every pool. Always `:ok`."
-  @spec delete_session(GenServer.server(), String.t()) :: :ok
-  def delete_session(server \\ __MODULE__, session_id) when is_binary(session_id) do
+  @doc """
+  Deletes a session and its worker pin in every pool (a strict session whose worker died is
+  released this way). Always `:ok`.
+
+  Like the `session_id:` option of the execute family, an atom or integer id names the same
+  session as its string form.
+
+      Snakepit.Bridge.SessionStore.delete_session("user-42")
+      #=> :ok
+  """
+  @spec delete_session(GenServer.server(), String.t() | atom() | integer()) :: :ok
+  def delete_session(server \\ __MODULE__, session_id)
+
+  def delete_session(server, session_id)
+      when (is_atom(session_id) and session_id not in [nil, true, false]) or
+             is_integer(session_id),
+      do: delete_session(server, to_string(session_id))
+
+  def delete_session(server, session_id) when is_binary(session_id) do
     GenServer.call(server, {:delete, session_id})
 
     for name <- Snakepit.Pool.pool_names(),
