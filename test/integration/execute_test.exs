@@ -106,6 +106,13 @@ defmodule Snakepit.Integration.ExecuteTest do
 
       assert {:error, %Error{details: %{reason: {:invalid_parameter, :timeout, -1}}}} =
                Snakepit.execute("echo", %{}, timeout: -1)
+
+      # Options as a map instead of a keyword list.
+      assert {:error, %Error{details: %{reason: {:invalid_parameter, :opts, %{timeout: 5}}}}} =
+               Snakepit.execute("echo", %{}, %{timeout: 5})
+
+      assert {:error, %Error{details: %{reason: {:invalid_parameter, :opts, _}}}} =
+               Snakepit.execute_stream("stream_progress", %{}, fn _ -> :ok end, %{})
     end
 
     test "unknown pools" do

@@ -14,6 +14,15 @@ defmodule Snakepit.Pool.Call do
   @max_receive_timeout 4_294_967_295
 
   @spec execute(String.t(), term(), keyword()) :: {:ok, term()} | {:error, Error.t()}
+  # Options are a keyword list, as everywhere in Elixir; anything else (a map, say) is a bad
+  # argument the caller gets back as an error, not a FunctionClauseError from deep inside.
+  def execute(command, _args, opts) when not is_list(opts) do
+    Error.normalize_public_result(
+      {:error, {:invalid_parameter, :opts, opts}},
+      %{command: command, pool: Pool}
+    )
+  end
+
   def execute(command, args, opts) do
     started = System.monotonic_time()
     pool_name = Options.pool_name(opts)
