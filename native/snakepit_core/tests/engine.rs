@@ -629,6 +629,15 @@ fn calls_from_outside_the_runtime_deliver_on_it() {
     );
 }
 
+/// An engine with default settings whose tasks run on `rt`, for callers outside the runtime.
+fn engine_on(rt: &tokio::runtime::Runtime) -> Engine<Target> {
+    Engine::new(
+        EngineConfig::default(),
+        Arc::new(Events::default()),
+        rt.handle().clone(),
+    )
+}
+
 #[test]
 fn a_cancel_between_the_decision_and_the_send_of_a_reply_stops_it() {
     // A current-thread runtime that nobody drives yet: a reply decided from this (non-tokio)
@@ -639,11 +648,7 @@ fn a_cancel_between_the_decision_and_the_send_of_a_reply_stops_it() {
         .enable_all()
         .build()
         .expect("runtime");
-    let engine: Engine<Target> = Engine::new(
-        EngineConfig::default(),
-        Arc::new(Events::default()),
-        rt.handle().clone(),
-    );
+    let engine = engine_on(&rt);
     let mut queued = submit(&engine, "echo", vec![], Opts::default()).expect("submit");
     let mut kept = submit(&engine, "echo", vec![], Opts::default()).expect("submit");
     engine.close(); // both rejections are decided now, and sent once the runtime runs
@@ -668,11 +673,7 @@ fn dropping_the_engine_closes_it() {
         .enable_all()
         .build()
         .expect("runtime");
-    let engine: Engine<Target> = Engine::new(
-        EngineConfig::default(),
-        Arc::new(Events::default()),
-        rt.handle().clone(),
-    );
+    let engine = engine_on(&rt);
     let mut queued = submit(&engine, "echo", vec![], Opts::default()).expect("submit");
     drop(engine);
     let outcome = rt.block_on(queued.reply());
