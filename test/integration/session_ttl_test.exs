@@ -75,6 +75,24 @@ defmodule Snakepit.Integration.SessionTtlTest do
     assert Snakepit.Native.pool_session_worker(resource, Atom.to_string(session)) == nil
   end
 
+  test "a strict session whose call outlives the idle TTL keeps its worker" do
+    # The TTL here is 1 s: the session is busy, not idle, while its 1.2 s call runs, so the
+    # next call must find the object where it was stored (not land on the other worker).
+    opts = [pool_name: :contract, affinity: :strict_queue]
+
+    for i <- 1..3 do
+      session = "ttl-busy-#{i}-#{System.unique_integer([:positive])}"
+
+      {:ok, %{"pid" => pid}} =
+        Snakepit.execute_in_session(session, "store_object", %{key: "k", value: i}, opts)
+
+      assert {:ok, _} = Snakepit.execute_in_session(session, "sleep_ms", %{ms: 1_200}, opts)
+      assert {:ok, ^i} = Snakepit.execute_in_session(session, "fetch_object", %{key: "k"}, opts)
+      assert {:ok, %{"pid" => ^pid}} = Snakepit.execute_in_session(session, "whoami", %{}, opts)
+      :ok = SessionStore.delete_session(session)
+    end
+  end
+
   defp resource do
     with {:ok, {resource, _config}} <- Snakepit.Pool.lookup(:contract), do: {:ok, resource}
   end

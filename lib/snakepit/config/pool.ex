@@ -16,8 +16,8 @@ defmodule Snakepit.Config.Pool do
   | `adapter_env` | `[]` | `[{name, value}]` or map; a `PYTHONPATH` entry is prepended to the default path |
   | `python_executable` | global resolution | per-pool interpreter |
   | `capacity_strategy` | `:pool` | `:profile` forces capacity 1 |
-  | `affinity_ttl_ms` | `session_default_ttl` × 1000 | idle lifetime of a session → worker pin |
-  | `max_affinity_entries` | 100 000 | |
+  | `affinity_ttl_ms` | `session_default_ttl` × 1000 | idle lifetime of a session → worker pin (a session with a call running is not idle) |
+  | `max_affinity_entries` | 100 000 | bound on pins; the least recently used idle one goes first (busy sessions are never evicted) |
   | `abandon_grace_ms` | nil (the NIF's 5000) | recycle a worker whose abandoned call (caller timed out, cancelled or died) is still running this long after; `:infinity` never recycles |
   | `max_message_bytes` | 100 MiB | gRPC message limit |
   | `process_group_kill` | global `process_group_kill` (true) | Python runs in its own process group, killed as a whole on stop |

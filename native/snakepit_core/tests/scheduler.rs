@@ -783,10 +783,13 @@ fn affinity_entries_are_bounded_lru() {
     });
     h.up(1, 8);
     h.sess(1, "a", Hint);
+    h.done(1);
     h.at(1);
     h.sess(2, "b", Hint);
+    h.done(2);
     h.at(2);
     h.sess(3, "a", Hint); // a used again: b is the least recently used
+    h.done(3);
     h.at(3);
     h.sess(4, "c", Hint);
     assert_eq!(h.s.stats().sessions, 2);
@@ -796,11 +799,43 @@ fn affinity_entries_are_bounded_lru() {
 }
 
 #[test]
-fn strict_submit_after_its_session_entry_was_evicted_by_the_submits_own_poll_runs_anywhere() {
+fn a_session_with_a_call_in_flight_is_neither_evicted_nor_expired() {
+    // Idle TTL and LRU bound apply to idle sessions: a call that runs longer than the TTL (or a
+    // crowd of newer sessions) must not let the session's next call run elsewhere.
+    let mut h = H::with(SchedulerConfig {
+        max_affinity_entries: 1,
+        affinity_ttl: ms(100),
+        ..SchedulerConfig::default()
+    });
+    h.up(1, 1);
+    h.up(2, 1);
+    assert_eq!(h.sess(1, "s", StrictQueue), vec![dispatch(1, 1)]);
+    // a newer session would evict s (bound of 1), but s is busy: the table grows instead
+    assert_eq!(h.sess(2, "t", Hint), vec![dispatch(2, 2)]);
+    assert_eq!(h.s.stats().sessions, 2);
+    assert_eq!(h.s.session_worker("s"), Some(w(1)));
+    // t's call ends; long after the TTL s is still running and keeps its entry
+    assert!(h.done(2).is_empty());
+    h.at(1_000);
+    assert!(h.tick().is_empty());
+    assert_eq!(h.s.session_worker("s"), Some(w(1)));
+    assert_eq!(h.s.session_worker("t"), None, "idle t expired");
+    // the next call of s waits for its worker, although worker 2 is free
+    assert!(h.sess(3, "s", StrictQueue).is_empty());
+    // the end of the long call counts as a use: the entry lives a TTL from then
+    assert_eq!(h.done(1), vec![dispatch(3, 1)]);
+    assert!(h.done(3).is_empty());
+    assert_eq!(h.s.next_wakeup(), Some(h.t(1_100)));
+    h.at(1_100);
+    assert!(h.tick().is_empty());
+    assert_eq!(h.s.session_worker("s"), None);
+}
+
+#[test]
+fn strict_submit_after_the_dispatches_of_its_own_poll_finds_its_busy_session() {
     // Replay of a proptest counterexample. The events due before a submit (here a taint ending)
-    // are processed first; their dispatches may bind the session and then lose the entry again
-    // (LRU bound of 1) before the new request exists. The strict request then has no session
-    // worker and may run anywhere; requests already queued and re-pinned are not affected.
+    // are processed first; their dispatches bind sessions under an LRU bound of 1. A session
+    // whose call is in flight is not evicted, so the strict request finds its worker.
     let mut h = H::with(SchedulerConfig {
         default_affinity: Hint,
         max_queue_size: 3,
@@ -823,18 +858,24 @@ fn strict_submit_after_its_session_entry_was_evicted_by_the_submits_own_poll_run
         h.sess(5, "s0", StrictQueue),
         vec![dispatch(1, 1), dispatch(2, 1), dispatch(3, 1)]
     );
-    assert_eq!(h.s.session_worker("s0"), None);
+    // s0's call is in flight, so s1 could not evict it (the table is over its bound): request 5
+    // waits for s0's worker
+    assert_eq!(h.s.session_worker("s0"), Some(w(1)));
     assert_eq!(h.s.session_worker("s1"), Some(w(1)));
+    assert_eq!(h.s.stats().sessions, 2);
     assert_eq!(h.queue_len(), 1);
-    // a new worker may take it, and s0 now lives there
-    assert_eq!(h.up(2, 1), vec![dispatch(5, 2)]);
-    assert_eq!(h.s.session_worker("s0"), Some(w(2)));
+    assert!(
+        h.up(2, 1).is_empty(),
+        "a new worker must not take request 5"
+    );
+    assert_eq!(h.done(2), vec![dispatch(5, 1)]);
+    assert_eq!(h.s.session_worker("s0"), Some(w(1)));
 }
 
 #[test]
-fn strict_request_repinned_while_queued_stays_pinned_after_its_session_entry_is_evicted() {
-    // The pin belongs to the request: LRU eviction (or the TTL) of the session entry after the
-    // re-pin does not let it run elsewhere.
+fn strict_request_repinned_while_queued_stays_pinned_after_its_session_entry_is_gone() {
+    // The pin belongs to the request: losing the session entry after the re-pin (here by
+    // delete_session, later by the TTL of another session) does not let it run elsewhere.
     let mut h = H::with(SchedulerConfig {
         max_affinity_entries: 1,
         affinity_ttl: ms(1),
@@ -844,9 +885,12 @@ fn strict_request_repinned_while_queued_stays_pinned_after_its_session_entry_is_
     assert!(h.sess(2, "s", StrictQueue).is_empty());
     // worker 1 takes request 1: s → 1, request 2 is re-pinned to worker 1
     assert_eq!(h.up(1, 1), vec![dispatch(1, 1)]);
-    // another session evicts s (LRU bound of 1); time passes beyond the TTL
+    // s is busy, so another session cannot evict it; the caller deletes it instead; time
+    // passes beyond the TTL
     assert!(h.up(2, 1).is_empty());
     assert_eq!(h.sess(3, "t", Hint), vec![dispatch(3, 2)]);
+    assert_eq!(h.s.session_worker("s"), Some(w(1)));
+    h.s.delete_session("s");
     assert_eq!(h.s.session_worker("s"), None);
     h.at(10);
     assert!(h.tick().is_empty());
@@ -869,12 +913,17 @@ fn close_rejects_queued_and_new_but_lets_in_flight_finish() {
     assert_eq!(h.queue_len(), 0);
     assert_eq!(
         h.s.next_wakeup(),
-        Some(h.t(3_600_000)),
-        "only the session TTL"
+        None,
+        "s is busy: its entry has no expiry yet"
     );
     let (answered, out) = h.complete(1);
     assert!(answered);
     assert!(out.is_empty());
+    assert_eq!(
+        h.s.next_wakeup(),
+        Some(h.t(3_600_000)),
+        "only the session TTL"
+    );
     assert_eq!(h.s.stats().rejected_closed, 3);
 }
 

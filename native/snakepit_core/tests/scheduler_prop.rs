@@ -12,7 +12,8 @@
 //! 4. nothing is dispatched at or after its deadline, and no queued request outlives its deadline;
 //! 5. no available worker coexists with a queued request it may serve;
 //! 6. submit decisions follow the affinity rules (the model predicts dispatch / which reject / queue),
-//!    dispatch picks the least-loaded worker, session entries match the model (TTL, LRU bound),
+//!    dispatch picks the least-loaded worker, session entries match the model (TTL, LRU bound,
+//!    both only for sessions without a call in flight),
 //!    requests pinned to a dead or tainted worker are rejected at once, abandoned calls overrunning
 //!    the grace trigger exactly one `RecycleWorker` per worker;
 //! 7. `fail_queued` empties the queue (`NoWorkers` for every queued request, pinned or not, after
@@ -267,9 +268,21 @@ impl World {
         e.ord = ord;
     }
 
+    /// A session with a call in flight (abandoned ones included) is not idle.
+    fn busy(&self, s: u8) -> bool {
+        self.reqs
+            .values()
+            .any(|r| r.session == Some(s) && matches!(r.phase, Phase::InFlight(_)))
+    }
+
+    /// Idle for at least the TTL.
+    fn stale(&self, s: u8, e: &MAff) -> bool {
+        self.expired(e) && !self.busy(s)
+    }
+
     fn aff_get(&mut self, s: u8) -> Option<u64> {
         let e = *self.aff.get(&s)?;
-        if self.expired(&e) {
+        if self.stale(s, &e) {
             self.aff.remove(&s);
             return None;
         }
@@ -277,13 +290,11 @@ impl World {
         Some(e.worker)
     }
 
-    fn aff_touch_if_live(&mut self, s: u8) {
-        if let Some(e) = self.aff.get(&s).copied() {
-            if self.expired(&e) {
-                self.aff.remove(&s);
-            } else {
-                self.touch(s);
-            }
+    /// The end of a call of `s`: a use (the scheduler touches while the call still counts as
+    /// busy, so an entry that outlived its TTL during the call is kept).
+    fn aff_touch_after_call(&mut self, s: u8) {
+        if self.aff.contains_key(&s) {
+            self.touch(s);
         }
     }
 
@@ -294,8 +305,15 @@ impl World {
             return;
         }
         let max = self.cfg.max_affinity_entries.max(1);
+        // only idle sessions are evicted; with all busy the table grows past its bound
         while self.aff.len() >= max {
-            let (&victim, _) = self.aff.iter().min_by_key(|(_, e)| e.ord).unwrap();
+            let victim = self
+                .aff
+                .iter()
+                .filter(|(&k, _)| !self.busy(k))
+                .min_by_key(|(_, e)| e.ord)
+                .map(|(&k, _)| k);
+            let Some(victim) = victim else { break };
             self.aff.remove(&victim);
         }
         self.ord += 1;
@@ -310,10 +328,15 @@ impl World {
     }
 
     fn aff_purge(&mut self) {
-        let now = self.now;
-        let ttl = self.cfg.affinity_ttl;
-        self.aff
-            .retain(|_, e| e.last.checked_add(ttl).is_none_or(|t| t > now));
+        let stale: Vec<u8> = self
+            .aff
+            .iter()
+            .filter(|(&k, e)| self.stale(k, e))
+            .map(|(&k, _)| k)
+            .collect();
+        for k in stale {
+            self.aff.remove(&k);
+        }
     }
 
     // --- expectations ---
@@ -586,8 +609,9 @@ impl World {
         );
         due.extend(
             self.aff
-                .values()
-                .filter_map(|e| e.last.checked_add(self.cfg.affinity_ttl)),
+                .iter()
+                .filter(|(&k, _)| !self.busy(k))
+                .filter_map(|(_, e)| e.last.checked_add(self.cfg.affinity_ttl)),
         );
         if let Some(&first) = due.iter().min() {
             let wake = self.s.next_wakeup().expect("something is pending");
@@ -720,7 +744,7 @@ impl World {
                 self.workers.get_mut(&w).unwrap().load -= 1;
                 self.reqs.get_mut(&id).unwrap().phase = Phase::Gone;
                 if let Some(s) = self.reqs[&id].session {
-                    self.aff_touch_if_live(s);
+                    self.aff_touch_after_call(s);
                 }
                 assert_eq!(answered, !abandoned, "complete({id})");
                 if answered {
@@ -1022,8 +1046,10 @@ proptest! {
 }
 
 /// Replay of a counterexample that was a model bug: the dispatches of a submit's own poll bound the
-/// new strict request to its session's worker before the scheduler had seen it; the entry was then
-/// evicted (LRU bound of 1), so the request rightly ran on another worker.
+/// new strict request to its session's worker before the scheduler had seen it. (Then the entry was
+/// evicted under the LRU bound of 1 and the request rightly ran elsewhere; since a session with a
+/// call in flight is never evicted, it now waits for its worker. The replay checks both sides
+/// still agree.)
 #[test]
 fn model_does_not_bind_a_request_before_its_submit_decision() {
     let sub = |session: Option<u8>, affinity: Option<u8>| Ev::Submit {

@@ -7,6 +7,12 @@
 //! An entry may name a worker that is gone (a *tombstone*): strict sessions then keep failing with
 //! `SessionWorkerUnavailable` instead of silently moving; the entry disappears through
 //! `delete_session`, the TTL or eviction.
+//!
+//! A session with a call in flight is not idle, however long the call runs: its entry neither
+//! expires nor is evicted until the last of its calls ends ([`AffinityTable::bind`] /
+//! [`AffinityTable::call_ended`] / [`AffinityTable::call_lost`]); the end of a call counts as a
+//! use. Busy entries keep their place
+//! in the list and are stepped over, which costs at most the number of busy sessions.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -20,6 +26,8 @@ struct Node {
     session: Option<SessionId>,
     worker: WorkerId,
     last_used: Instant,
+    /// Calls of the session in flight since this entry was made.
+    busy: u32,
     prev: u32,
     next: u32,
 }
@@ -34,6 +42,9 @@ pub(crate) struct AffinityTable {
     tail: u32,
     ttl: Duration,
     max: usize,
+    /// Calls still in flight whose session entry was deleted meanwhile: their end must not be
+    /// counted against a newer entry of the same session.
+    orphans: HashMap<SessionId, u32>,
 }
 
 impl AffinityTable {
@@ -47,6 +58,7 @@ impl AffinityTable {
             tail: NIL,
             ttl,
             max: max.clamp(1, (NIL - 1) as usize),
+            orphans: HashMap::new(),
         }
     }
 
@@ -65,11 +77,84 @@ impl AffinityTable {
         }
     }
 
+    /// Whether the session of entry `idx` has a call in flight.
+    #[inline]
+    fn is_busy(&self, idx: u32) -> bool {
+        self.nodes[idx as usize].busy > 0
+    }
+
+    /// Idle for at least the TTL (a busy session never is).
+    #[inline]
+    fn stale(&self, idx: u32, now: Instant) -> bool {
+        self.expired(idx, now) && !self.is_busy(idx)
+    }
+
+    /// The first entry from the least recently used end that is not busy.
+    fn first_idle(&self) -> u32 {
+        let mut idx = self.head;
+        while idx != NIL && self.is_busy(idx) {
+            idx = self.nodes[idx as usize].next;
+        }
+        idx
+    }
+
+    /// A call of `session` was dispatched to `worker`: records `session → worker` at `now` (as
+    /// [`AffinityTable::set`]) and counts the call as in flight until
+    /// [`AffinityTable::call_ended`] or [`AffinityTable::call_lost`].
+    pub fn bind(&mut self, session: &SessionId, worker: WorkerId, now: Instant) {
+        let idx = self.set(session, worker, now);
+        self.nodes[idx as usize].busy += 1;
+    }
+
+    /// A call of `session` returned: a use of the session at `now`, and one call less in flight.
+    pub fn call_ended(&mut self, session: &str, now: Instant) {
+        let Some(&idx) = self.map.get(session) else {
+            self.settle_orphan(session);
+            return;
+        };
+        // Touched while the call still counts, so an entry that outlived its TTL during the call
+        // is kept.
+        self.touch_idx(idx, now);
+        if !self.settle_orphan(session) {
+            let n = &mut self.nodes[idx as usize];
+            n.busy = n.busy.saturating_sub(1);
+        }
+    }
+
+    /// A call of `session` ended without returning (its worker went away): one call less in
+    /// flight, and no use of the session.
+    pub fn call_lost(&mut self, session: &str) {
+        if self.settle_orphan(session) {
+            return;
+        }
+        if let Some(&idx) = self.map.get(session) {
+            let n = &mut self.nodes[idx as usize];
+            n.busy = n.busy.saturating_sub(1);
+        }
+    }
+
+    /// Counts one ended call against the deleted entry of `session`, if it had one.
+    fn settle_orphan(&mut self, session: &str) -> bool {
+        if self.orphans.is_empty() {
+            return false;
+        }
+        match self.orphans.get_mut(session) {
+            Some(n) => {
+                *n -= 1;
+                if *n == 0 {
+                    self.orphans.remove(session);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The worker of `session`, touching the entry. An expired entry is removed and `None` returned.
     #[inline]
     pub fn get(&mut self, session: &str, now: Instant) -> Option<WorkerId> {
         let idx = *self.map.get(session)?;
-        if self.expired(idx, now) {
+        if self.stale(idx, now) {
             self.remove_idx(idx);
             return None;
         }
@@ -85,32 +170,28 @@ impl AffinityTable {
             .map(|&i| self.nodes[i as usize].worker)
     }
 
-    /// Marks `session` as used at `now` if it has an entry (an expired entry is removed instead).
-    #[inline]
-    pub fn touch(&mut self, session: &str, now: Instant) {
-        if let Some(&idx) = self.map.get(session) {
-            if self.expired(idx, now) {
-                self.remove_idx(idx);
-            } else {
-                self.touch_idx(idx, now);
-            }
-        }
-    }
-
-    /// Records `session → worker` at `now` (evicting the least recently used entry when full).
-    pub fn set(&mut self, session: &SessionId, worker: WorkerId, now: Instant) {
+    /// Records `session → worker` at `now` (evicting the least recently used idle entry when
+    /// full) and returns the entry's index.
+    pub fn set(&mut self, session: &SessionId, worker: WorkerId, now: Instant) -> u32 {
         if let Some(&idx) = self.map.get(session.as_str()) {
             self.nodes[idx as usize].worker = worker;
             self.touch_idx(idx, now);
-            return;
+            return idx;
         }
-        while self.map.len() >= self.max && self.head != NIL {
-            self.remove_idx(self.head);
+        // Only idle entries are evicted: with every entry busy the table grows past `max`, by
+        // at most the number of calls in flight.
+        while self.map.len() >= self.max {
+            let victim = self.first_idle();
+            if victim == NIL {
+                break;
+            }
+            self.remove_idx(victim);
         }
         let node = Node {
             session: Some(session.clone()),
             worker,
             last_used: now,
+            busy: 0,
             prev: self.tail,
             next: NIL,
         };
@@ -131,12 +212,19 @@ impl AffinityTable {
         }
         self.tail = idx;
         self.map.insert(session.clone(), idx);
+        idx
     }
 
-    /// Forgets `session`; `true` if it had an entry.
+    /// Forgets `session` (busy or not); `true` if it had an entry.
     pub fn remove(&mut self, session: &str) -> bool {
         match self.map.get(session) {
             Some(&idx) => {
+                let busy = self.nodes[idx as usize].busy;
+                if busy > 0 {
+                    if let Some(s) = self.nodes[idx as usize].session.clone() {
+                        *self.orphans.entry(s).or_insert(0) += busy;
+                    }
+                }
                 self.remove_idx(idx);
                 true
             }
@@ -144,21 +232,25 @@ impl AffinityTable {
         }
     }
 
-    /// Removes every entry idle for at least the TTL.
+    /// Removes every entry idle for at least the TTL (busy sessions stay).
     pub fn purge_expired(&mut self, now: Instant) {
-        while self.head != NIL && self.expired(self.head, now) {
-            self.remove_idx(self.head);
+        loop {
+            let idx = self.first_idle();
+            if idx == NIL || !self.expired(idx, now) {
+                return;
+            }
+            self.remove_idx(idx);
         }
     }
 
-    /// When the least recently used entry expires (coarse: assumes a non-decreasing clock).
+    /// When the least recently used idle entry expires (coarse: assumes a non-decreasing clock).
+    /// A busy session's entry has no expiry until its last call ends (which touches it).
     pub fn next_expiry(&self) -> Option<Instant> {
-        if self.head == NIL {
+        let idx = self.first_idle();
+        if idx == NIL {
             return None;
         }
-        self.nodes[self.head as usize]
-            .last_used
-            .checked_add(self.ttl)
+        self.nodes[idx as usize].last_used.checked_add(self.ttl)
     }
 
     fn unlink(&mut self, idx: u32) {
@@ -238,5 +330,44 @@ mod tests {
         t.set(&s("d"), WorkerId(4), t0);
         assert!(t.remove("d"));
         assert!(!t.remove("d"));
+    }
+
+    #[test]
+    fn busy_sessions_stay_until_their_calls_end() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let s = |x: &str| SessionId::from(x);
+        let mut t = AffinityTable::new(Duration::from_millis(10), 1);
+        t.bind(&s("a"), WorkerId(1), at(0));
+        // over the bound and past the TTL while busy: kept, and no expiry is due for it
+        t.set(&s("b"), WorkerId(2), at(1));
+        assert_eq!(t.len(), 2);
+        t.purge_expired(at(50));
+        assert_eq!(t.peek("a"), Some(WorkerId(1)));
+        assert_eq!(t.peek("b"), None);
+        assert_eq!(t.next_expiry(), None);
+        assert_eq!(t.get("a", at(60)), Some(WorkerId(1)));
+        // the call's end is a use: a TTL from then
+        t.call_ended("a", at(70));
+        assert_eq!(t.next_expiry(), Some(at(80)));
+        t.purge_expired(at(80));
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn a_deleted_busy_entry_does_not_count_against_its_successor() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let a = SessionId::from("a");
+        let mut t = AffinityTable::new(Duration::from_millis(10), 8);
+        t.bind(&a, WorkerId(1), at(0)); // old call
+        assert!(t.remove("a"));
+        t.bind(&a, WorkerId(2), at(1)); // new call, new entry
+        t.call_ended("a", at(2)); // the old call's end settles the deleted entry's count
+        t.purge_expired(at(100));
+        assert_eq!(t.peek("a"), Some(WorkerId(2)), "the new call still runs");
+        t.call_lost("a");
+        t.purge_expired(at(200));
+        assert_eq!(t.peek("a"), None);
     }
 }

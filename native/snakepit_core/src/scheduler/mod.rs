@@ -42,7 +42,9 @@
 //!   - Strict modes whose session worker is dead (removed) or tainted:
 //!     [`RejectReason::SessionWorkerUnavailable`], also for requests already pinned to it, at the
 //!     moment it goes away or is tainted. The session entry stays as a tombstone, so a strict session
-//!     is never silently moved; `delete_session`, the idle TTL or LRU eviction clear it.
+//!     is never silently moved; `delete_session`, the idle TTL or LRU eviction clear it. A session
+//!     with a call in flight is not idle: its entry is neither expired nor evicted meanwhile, and
+//!     the end of the call counts as a use.
 //!   - A strict request of a session without a recorded worker may run anywhere. If it had to queue
 //!     and another request of its session is dispatched meanwhile, it is re-pinned to that worker at
 //!     that moment (a fail-fast one is rejected `WorkerBusy` if that worker is then full).
@@ -250,7 +252,7 @@ impl Scheduler {
         let r = self.requests.remove(&request);
         self.in_flight -= 1;
         if let Some(s) = r.as_ref().and_then(|r| r.session.as_ref()) {
-            self.affinity.touch(s.as_str(), now);
+            self.affinity.call_ended(s.as_str(), now);
         }
         if let Some(idx) = self.workers.index_of(worker) {
             self.workers.dec_load(idx);
@@ -347,7 +349,9 @@ impl Scheduler {
                 .collect();
             lost.sort_unstable();
             for (id, abandoned) in lost {
-                self.requests.remove(&id);
+                if let Some(s) = self.requests.remove(&id).and_then(|r| r.session) {
+                    self.affinity.call_lost(s.as_str());
+                }
                 self.in_flight -= 1;
                 if !abandoned {
                     self.stats.worker_lost += 1;
@@ -796,7 +800,7 @@ impl Scheduler {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        self.affinity.set(s, worker, now);
+        self.affinity.bind(s, worker, now);
         if self.unpinned_strict.is_empty() || self.unpinned_strict.remove(s.as_str()).is_none() {
             return;
         }
