@@ -12,8 +12,9 @@ defmodule Snakepit.Application do
   # The configuration is validated before anything starts; an invalid key makes the
   # application fail to start with a message naming it.
   #
-  # Stopping: prep_stop/1 closes all pools (new calls are refused), then each pool waits up to
-  # graceful_shutdown_timeout_ms for its running calls before its workers are stopped.
+  # Stopping: prep_stop/1 closes all pools (new calls are refused), then the pools wait up to
+  # graceful_shutdown_timeout_ms from that moment for their running calls before their workers
+  # are stopped.
   # Starting: the run directory is created first, which also cleans up after a previous BEAM
   # that was killed (Snakepit.ProcessRegistry).
 
@@ -35,10 +36,13 @@ defmodule Snakepit.Application do
   end
 
   # Graceful stop: close every pool first, so that new calls are refused at once ("Pool is
-  # closed") by all pools while each one, in turn, lets its running calls finish.
+  # closed") by all pools, and start one shutdown grace for all of them: the pools then drain
+  # one after the other, each until that common deadline, so the stop takes one grace, not one
+  # per pool.
   @impl true
   def prep_stop(state) do
     Snakepit.Pool.close_all()
+    :persistent_term.put({Snakepit, :stopping_since}, System.monotonic_time(:millisecond))
     state
   end
 
@@ -50,6 +54,7 @@ defmodule Snakepit.Application do
     end
 
     :persistent_term.erase({Snakepit, :config})
+    :persistent_term.erase({Snakepit, :stopping_since})
     RuntimeDir.cleanup()
     :ok
   end

@@ -374,8 +374,25 @@ defmodule Snakepit.Worker do
 
   defp schedule_liveness_check, do: Process.send_after(self(), :check_alive, @liveness_check_ms)
 
+  # How long Python may take to exit after stdin EOF before it is killed. During an application
+  # stop the shutdown grace started when the pools were closed and the pool already waited for
+  # its calls (Snakepit.Pool's drain): what is left of it, and at least enough for an idle
+  # worker's orderly exit (it cleans up its children itself).
+  @min_stop_ms 200
   defp stop_grace({:shutdown, :recycled}, _config), do: 0
-  defp stop_grace(_reason, config), do: config.graceful_shutdown_timeout_ms
+
+  defp stop_grace(_reason, config) do
+    grace = config.graceful_shutdown_timeout_ms
+
+    case :persistent_term.get({Snakepit, :stopping_since}, nil) do
+      nil ->
+        grace
+
+      since ->
+        left = since + grace - System.monotonic_time(:millisecond)
+        min(grace, max(left, @min_stop_ms))
+    end
+  end
 
   defp exit_reason({:shutdown, reason}), do: reason
   defp exit_reason(reason), do: reason

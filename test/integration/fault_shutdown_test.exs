@@ -63,4 +63,26 @@ defmodule Snakepit.Integration.FaultShutdownTest do
 
     refute OsProcess.alive?(os_pid)
   end
+
+  test "the shutdown grace is one for all pools, not one per pool" do
+    start_snakepit!(
+      graceful_shutdown_timeout_ms: 1_000,
+      pools: [fault_pool(:stop_a, %{pool_size: 1}), fault_pool(:stop_b, %{pool_size: 1})]
+    )
+
+    calls =
+      for pool <- [:stop_a, :stop_b] do
+        Task.async(fn -> Snakepit.execute("hang", %{}, pool_name: pool, timeout: 30_000) end)
+      end
+
+    assert eventually(fn ->
+             nif_stats(:stop_a).in_flight == 1 and nif_stats(:stop_b).in_flight == 1
+           end)
+
+    # Both pools wait out the same 1 s (one pool after the other would take 2 s and more).
+    {ms, :ok} = timed(fn -> Application.stop(:snakepit) end)
+    assert ms >= 900 and ms < 1_800, "stop took #{ms} ms"
+
+    for task <- calls, do: assert({:error, %Error{category: :worker}} = Task.await(task, 1_000))
+  end
 end
