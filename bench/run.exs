@@ -278,6 +278,7 @@ defmodule Bench do
         mix_env: to_string(Mix.env()),
         schedulers: System.schedulers_online(),
         erl_options: System.get_env("ELIXIR_ERL_OPTIONS"),
+        erl_flags: System.get_env("ERL_FLAGS"),
         load_average_at_start: load_average(),
         quick: quick?,
         python: python,
@@ -791,6 +792,8 @@ defmodule Bench do
         "load average at start #{r.meta.load_average_at_start}" <>
         if(r.meta.quick, do: " (--quick: fewer samples)", else: "")
     )
+
+    IO.puts("BEAM flags (ERL_FLAGS): #{r.meta.erl_flags || "none (the VM's defaults)"}")
 
     section(
       "Sequential ping: #{s.calls} calls per side after #{r.meta.warmup_calls} warm-up, " <>
