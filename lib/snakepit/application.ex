@@ -46,6 +46,18 @@ defmodule Snakepit.Application do
     state
   end
 
+  @doc false
+  # What is left of a shutdown grace of `grace` ms: during an application stop it runs from the
+  # moment prep_stop/1 closed every pool (shared by the pools' drains and their workers' exits),
+  # otherwise it is all of it. Never negative.
+  @spec grace_left(non_neg_integer()) :: non_neg_integer()
+  def grace_left(grace) do
+    case :persistent_term.get({Snakepit, :stopping_since}, nil) do
+      nil -> grace
+      since -> max(since + grace - System.monotonic_time(:millisecond), 0)
+    end
+  end
+
   @impl true
   def stop(_state) do
     # Pools erase their own entry on a planned stop; this covers one that crashed on the way.

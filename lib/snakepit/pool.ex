@@ -394,11 +394,10 @@ defmodule Snakepit.Pool do
   # this (the worker supervisor stops after the pool).
   defp drain(state) do
     grace = state.config.graceful_shutdown_timeout_ms
-    # During an application stop the grace runs from the moment every pool was closed
-    # (Snakepit.Application.prep_stop/1), so pools draining after this one do not add theirs.
-    since = :persistent_term.get({Snakepit, :stopping_since}, now_ms())
 
-    case await_drained(state.resource, min(since, now_ms()) + grace) do
+    # During an application stop the grace runs from the moment every pool was closed, so
+    # pools draining after this one do not add theirs.
+    case await_drained(state.resource, now_ms() + Snakepit.Application.grace_left(grace)) do
       0 ->
         :ok
 

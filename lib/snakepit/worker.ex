@@ -383,15 +383,7 @@ defmodule Snakepit.Worker do
 
   defp stop_grace(_reason, config) do
     grace = config.graceful_shutdown_timeout_ms
-
-    case :persistent_term.get({Snakepit, :stopping_since}, nil) do
-      nil ->
-        grace
-
-      since ->
-        left = since + grace - System.monotonic_time(:millisecond)
-        min(grace, max(left, @min_stop_ms))
-    end
+    min(grace, max(Snakepit.Application.grace_left(grace), @min_stop_ms))
   end
 
   defp exit_reason({:shutdown, reason}), do: reason

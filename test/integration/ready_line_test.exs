@@ -8,14 +8,7 @@ defmodule Snakepit.Integration.ReadyLineTest do
   @moduletag :capture_log
 
   test "a fake SNAKEPIT_READY printed at adapter import does not register the worker early" do
-    pool = %{
-      name: :noisy,
-      pool_size: 1,
-      adapter_args: ["--adapter", "snakepit_noisy_adapter.NoisyAdapter"],
-      adapter_env: fixture_env()
-    }
-
-    assert :ok = try_start_snakepit([pools: [pool]], 30_000)
+    start_one_worker!(:noisy, "snakepit_noisy_adapter.NoisyAdapter")
 
     # The first call right after readiness must reach a serving worker.
     assert {:ok, pid} = Snakepit.execute("pid", %{}, pool_name: :noisy, timeout: 10_000)
@@ -23,15 +16,19 @@ defmodule Snakepit.Integration.ReadyLineTest do
   end
 
   test "a line left unfinished by the adapter's import does not hide the ready line" do
+    start_one_worker!(:progress, "snakepit_progress_adapter.ProgressAdapter")
+    assert {:ok, pid} = Snakepit.execute("pid", %{}, pool_name: :progress, timeout: 10_000)
+    assert is_integer(pid)
+  end
+
+  defp start_one_worker!(name, adapter) do
     pool = %{
-      name: :progress,
+      name: name,
       pool_size: 1,
-      adapter_args: ["--adapter", "snakepit_progress_adapter.ProgressAdapter"],
+      adapter_args: ["--adapter", adapter],
       adapter_env: fixture_env()
     }
 
     assert :ok = try_start_snakepit([pools: [pool]], 30_000)
-    assert {:ok, pid} = Snakepit.execute("pid", %{}, pool_name: :progress, timeout: 10_000)
-    assert is_integer(pid)
   end
 end

@@ -16,12 +16,7 @@ defmodule Snakepit.Pool.Call do
   @spec execute(String.t(), term(), keyword()) :: {:ok, term()} | {:error, Error.t()}
   # Options are a keyword list, as everywhere in Elixir; anything else (a map, say) is a bad
   # argument the caller gets back as an error, not a FunctionClauseError from deep inside.
-  def execute(command, _args, opts) when not is_list(opts) do
-    Error.normalize_public_result(
-      {:error, {:invalid_parameter, :opts, opts}},
-      %{command: command, pool: Pool}
-    )
-  end
+  def execute(command, _args, opts) when not is_list(opts), do: invalid_opts(command, opts)
 
   def execute(command, args, opts) do
     started = System.monotonic_time()
@@ -85,6 +80,16 @@ defmodule Snakepit.Pool.Call do
   defp crash_retries(config, opts, args) do
     barrier = Map.get(config, :crash_barrier) || Snakepit.CrashBarrier.defaults()
     Snakepit.CrashBarrier.retries(barrier, opts, args)
+  end
+
+  @doc false
+  # The error for options that are not a keyword list (unary calls and streams).
+  @spec invalid_opts(term(), term()) :: {:error, Error.t()}
+  def invalid_opts(command, opts) do
+    Error.normalize_public_result(
+      {:error, {:invalid_parameter, :opts, opts}},
+      %{command: command, pool: Pool}
+    )
   end
 
   @doc false

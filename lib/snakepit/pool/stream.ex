@@ -12,12 +12,8 @@ defmodule Snakepit.Pool.Stream do
   alias Snakepit.Pool.{Call, ErrorCounter, Options}
 
   @spec execute(String.t(), term(), (map() -> term()), keyword()) :: :ok | {:error, Error.t()}
-  def execute(command, _args, _callback, opts) when not is_list(opts) do
-    Error.normalize_public_result(
-      {:error, {:invalid_parameter, :opts, opts}},
-      %{command: command, pool: Pool}
-    )
-  end
+  def execute(command, _args, _callback, opts) when not is_list(opts),
+    do: Call.invalid_opts(command, opts)
 
   def execute(command, args, callback, opts) when is_function(callback, 1) do
     started = System.monotonic_time()

@@ -1,19 +1,21 @@
 //! `json_decode/1` and `json_encode/2`: JSON for the few texts the Elixir side reads or writes
 //! itself (a worker's start-up report, Python error payloads, bench results). The project has
 //! no Hex dependencies (no Jason) and Elixir 1.14 has no `JSON` module, so serde_json does it,
-//! with the same value mapping as call arguments and results.
+//! with the same value mapping as call arguments and results. Both run on a normal scheduler
+//! (the texts are small) and charge the caller's timeslice for the bytes, as call arguments do.
 
 use rustler::types::atom;
 use rustler::{Binary, Encoder, Env, Term};
 use snakepit_core::codec::{decode_json, encode_json, encode_json_pretty};
 
-use crate::term_codec::{term_to_value, value_to_term, Budget};
+use crate::nifs::charge_bytes;
+use crate::term_codec::{bytes_to_term, term_to_value, value_to_term, Budget, InvalidParameter};
 
 /// `json_decode(binary)`: `{:ok, term} | {:error, message}`. Objects become maps with string
 /// keys, `null` nil, integers of any size integers.
 #[rustler::nif]
 fn json_decode<'a>(env: Env<'a>, text: Binary<'a>) -> Term<'a> {
-    charge(env, text.len());
+    charge_bytes(env, text.len());
     match decode_json(text.as_slice()) {
         Ok(value) => (atom::ok(), value_to_term(env, &value)).encode(env),
         Err(e) => (atom::error(), e.0).encode(env),
@@ -31,23 +33,16 @@ fn json_encode<'a>(env: Env<'a>, term: Term<'a>, pretty: bool) -> Term<'a> {
         } else {
             encode_json(&value)
         };
-        bytes.map_err(|e| crate::term_codec::InvalidParameter {
+        bytes.map_err(|e| InvalidParameter {
             path: e.path,
             message: e.message,
         })
     });
     match encoded {
         Ok(bytes) => {
-            charge(env, bytes.len());
-            (atom::ok(), crate::term_codec::bytes_to_term(env, &bytes)).encode(env)
+            charge_bytes(env, bytes.len());
+            (atom::ok(), bytes_to_term(env, &bytes)).encode(env)
         }
         Err(e) => (atom::error(), (e.path, e.message)).encode(env),
     }
-}
-
-/// These run on a normal scheduler (their texts are small); the VM is told about the work done,
-/// about 1 % of a timeslice per 10 kB, as for call arguments.
-fn charge(env: Env<'_>, bytes: usize) {
-    let percent = (bytes / 10_000).clamp(1, 100);
-    rustler::schedule::consume_timeslice(env, i32::try_from(percent).unwrap_or(100));
 }

@@ -188,7 +188,7 @@ fn pool_submit<'a>(
 }
 
 /// Decoding and JSON-encoding big arguments takes time on this (normal) scheduler; tell the VM,
-/// so it can reschedule the caller fairly. About 1 % of a timeslice per 10 kB handled.
+/// so it can reschedule the caller fairly.
 fn charge_timeslice(env: Env<'_>, call: &snakepit_core::pb::ExecuteToolRequest) {
     let bytes: usize = call
         .parameters
@@ -196,6 +196,11 @@ fn charge_timeslice(env: Env<'_>, call: &snakepit_core::pb::ExecuteToolRequest) 
         .map(|a| a.value.len())
         .sum::<usize>()
         + call.binary_parameters.values().map(Vec::len).sum::<usize>();
+    charge_bytes(env, bytes);
+}
+
+/// Charges the calling process about 1 % of a timeslice per 10 kB handled (at least 1 %).
+pub(crate) fn charge_bytes(env: Env<'_>, bytes: usize) {
     let percent = (bytes / 10_000).clamp(1, 100);
     rustler::schedule::consume_timeslice(env, i32::try_from(percent).unwrap_or(100));
 }

@@ -64,16 +64,12 @@ pub fn encode_json_pretty(value: &Value) -> Result<Vec<u8>, EncodeError> {
     // The encoder bounds the depth already (MAX_DEPTH), so serde_json's own limit can go.
     let mut de = serde_json::Deserializer::from_slice(&compact);
     de.disable_recursion_limit();
-    let tree = serde::Deserialize::deserialize(&mut de)
-        .map(|v: serde_json::Value| v)
-        .map_err(|e| EncodeError {
-            path: String::new(),
-            message: e.to_string(),
-        })?;
-    serde_json::to_vec_pretty(&tree).map_err(|e| EncodeError {
+    let layout_error = |e: serde_json::Error| EncodeError {
         path: String::new(),
         message: e.to_string(),
-    })
+    };
+    let tree: serde_json::Value = serde::Deserialize::deserialize(&mut de).map_err(layout_error)?;
+    serde_json::to_vec_pretty(&tree).map_err(layout_error)
 }
 
 /// Like [`encode_json`], with error paths prefixed by `root` (the parameter name).

@@ -11,8 +11,8 @@
 //! A session with a call in flight is not idle, however long the call runs: its entry neither
 //! expires nor is evicted until the last of its calls ends ([`AffinityTable::bind`] /
 //! [`AffinityTable::call_ended`] / [`AffinityTable::call_lost`]); the end of a call counts as a
-//! use. Busy entries keep their place
-//! in the list and are stepped over, which costs at most the number of busy sessions.
+//! use. Busy entries keep their place in the list and are stepped over, which costs at most the
+//! number of busy sessions.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -108,17 +108,12 @@ impl AffinityTable {
 
     /// A call of `session` returned: a use of the session at `now`, and one call less in flight.
     pub fn call_ended(&mut self, session: &str, now: Instant) {
-        let Some(&idx) = self.map.get(session) else {
-            self.settle_orphan(session);
-            return;
-        };
         // Touched while the call still counts, so an entry that outlived its TTL during the call
         // is kept.
-        self.touch_idx(idx, now);
-        if !self.settle_orphan(session) {
-            let n = &mut self.nodes[idx as usize];
-            n.busy = n.busy.saturating_sub(1);
+        if let Some(&idx) = self.map.get(session) {
+            self.touch_idx(idx, now);
         }
+        self.call_lost(session);
     }
 
     /// A call of `session` ended without returning (its worker went away): one call less in
